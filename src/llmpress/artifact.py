@@ -1,0 +1,296 @@
+"""Artifacts: a model directory in Hugging Face layout plus one manifest, `llmpress.json`.
+
+Every step reads an artifact and writes a new one whose `parent` is the input, so the
+chain of parents (lineage) says how any model was made and what it scored. Writes are
+atomic: files land in a temporary sibling directory that is renamed into place only
+after the manifest, with the sha256 of every file, has been written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from llmpress.errors import IntegrityError, ManifestError, NotFoundError
+
+MANIFEST = "llmpress.json"
+FORMATS = ("hf", "onnx", "adapter")
+
+
+def home() -> Path:
+    """`$LLMPRESS_HOME`, default `~/.llmpress`: registry, cached models and artifacts live here."""
+    root = Path(os.environ.get("LLMPRESS_HOME", Path.home() / ".llmpress")).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def artifacts_dir() -> Path:
+    d = home() / "artifacts"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def hash_tree(root: Path) -> dict[str, str]:
+    """sha256 of every file under `root` except the manifest, keyed by relative posix path."""
+    out: dict[str, str] = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.name != MANIFEST:
+            out[p.relative_to(root).as_posix()] = sha256_file(p)
+    return out
+
+
+@dataclass
+class Step:
+    """The step that produced an artifact and its parameters (JSON-serialisable)."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Manifest:
+    id: str
+    name: str
+    format: str = "hf"
+    parent: str | None = None
+    step: Step = field(default_factory=lambda: Step("source"))
+    metrics: dict[str, Any] = field(default_factory=dict)
+    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    files_sha256: dict[str, str] = field(default_factory=dict)
+    # How to rebuild the runnable model: "hf" (plain from_pretrained) or a plugin
+    # name registered with `register_loader` (e.g. "quantized", "adapter").
+    loader: str = "hf"
+    # Free-form facts a loader needs (quantization scheme, base model id, ...).
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=False, default=str)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: Path) -> Manifest:
+        try:
+            step = data.get("step") or {"name": "source"}
+            return cls(
+                id=str(data["id"]),
+                name=str(data["name"]),
+                format=str(data.get("format", "hf")),
+                parent=data.get("parent"),
+                step=Step(str(step["name"]), dict(step.get("params") or {})),
+                metrics=dict(data.get("metrics") or {}),
+                created_at=str(data.get("created_at", "")),
+                files_sha256=dict(data.get("files_sha256") or {}),
+                loader=str(data.get("loader", "hf")),
+                extra=dict(data.get("extra") or {}),
+            )
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ManifestError(
+                f"manifest {where} is missing or has a malformed field ({e})",
+                "restore the artifact from its parent or re-run the step that made it",
+            ) from e
+
+
+# Loader plugins: stages to the right of this module (quantize, tune, export) register how
+# their artifacts become runnable models. The table maps loader name -> module to import,
+# so this module never imports them at start-up.
+_LOADER_MODULES: dict[str, str] = {
+    "quantized": "llmpress.compress.quantize",
+    "adapter": "llmpress.tune.adapters",
+}
+_LOADERS: dict[str, Callable[..., Any]] = {}
+
+
+def register_loader(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        _LOADERS[name] = fn
+        return fn
+
+    return deco
+
+
+class Artifact:
+    """An artifact on disk. `external` ones (a user's HF directory) are never written to."""
+
+    def __init__(self, path: Path, manifest: Manifest, external: bool = False) -> None:
+        self.path = Path(path)
+        self.manifest = manifest
+        self.external = external
+
+    def __repr__(self) -> str:
+        return f"Artifact({self.manifest.name!r}, id={self.id}, path={str(self.path)!r})"
+
+    @property
+    def id(self) -> str:
+        return self.manifest.id
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    # -- opening ---------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | Path, verify: bool = True) -> Artifact:
+        """Open an artifact directory; with `verify`, check every file against its sha256."""
+        path = Path(path)
+        if not path.exists():
+            raise NotFoundError(f"artifact path {path} does not exist", "check the path or run `llmpress artifacts list`")
+        mpath = path / MANIFEST
+        if not mpath.is_file():
+            raise ManifestError(
+                f"{path} has no {MANIFEST} manifest",
+                "open it as a model source (`llmpress eval PATH`) or re-create the artifact",
+            )
+        try:
+            data = json.loads(mpath.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ManifestError(f"manifest {mpath} is corrupt ({e.__class__.__name__}: {e})",
+                                "restore the file or re-run the step that made this artifact") from e
+        if not isinstance(data, dict):
+            raise ManifestError(f"manifest {mpath} is not a JSON object", "restore the file or re-create the artifact")
+        art = cls(path, Manifest.from_dict(data, mpath))
+        if verify:
+            art.verify()
+        return art
+
+    def verify(self) -> None:
+        """Raise IntegrityError naming the first file that is missing or whose hash differs."""
+        for rel, digest in self.manifest.files_sha256.items():
+            p = self.path / rel
+            if not p.is_file():
+                raise IntegrityError(f"artifact {self.path}: file {rel} listed in the manifest is missing",
+                                     "restore it or re-run the step that made this artifact")
+            if sha256_file(p) != digest:
+                raise IntegrityError(f"artifact {self.path}: {rel} does not match its sha256 in {MANIFEST}",
+                                     "the file was changed or truncated; restore it or re-create the artifact")
+
+    # -- contents --------------------------------------------------------------------
+    def files(self) -> list[Path]:
+        return [p for p in sorted(self.path.rglob("*")) if p.is_file()]
+
+    def bytes_on_disk(self) -> int:
+        """Bytes of the model files (manifest excluded): what a deployment has to ship."""
+        return sum(p.stat().st_size for p in self.files() if p.name != MANIFEST)
+
+    def load_model(self, **kwargs: Any) -> Any:
+        """Rebuild the runnable torch model with the loader the manifest names."""
+        name = self.manifest.loader
+        if name == "hf":
+            from llmpress.sources.hf import load_hf_model
+
+            return load_hf_model(self.path, **kwargs)
+        if name not in _LOADERS and name in _LOADER_MODULES:
+            importlib.import_module(_LOADER_MODULES[name])
+        if name not in _LOADERS:
+            raise ManifestError(f"artifact {self.path} needs loader {name!r}, which this llmpress does not have",
+                                "upgrade llmpress or install the extra that provides it")
+        return _LOADERS[name](self, **kwargs)
+
+    def load_tokenizer(self) -> Any:
+        from llmpress.sources.hf import load_tokenizer
+
+        base = self.path
+        if self.manifest.format == "adapter" and not (base / "tokenizer_config.json").exists():
+            from llmpress.sources import resolve
+
+            base = resolve(self.manifest.parent or "").path
+        return load_tokenizer(base)
+
+    # -- metrics ---------------------------------------------------------------------
+    def record_metrics(self, section: str, values: dict[str, Any]) -> None:
+        """Merge `values` into metrics[section], on the manifest (atomically) and in the registry."""
+        self.manifest.metrics.setdefault(section, {}).update(values)
+        if not self.external:
+            tmp = self.path / (MANIFEST + ".tmp")
+            tmp.write_text(self.manifest.to_json())
+            os.replace(tmp, self.path / MANIFEST)
+        from llmpress.registry import get_registry
+
+        get_registry().update_metrics(self)
+
+    def lineage(self) -> list[Manifest]:
+        """This artifact and its ancestors, newest first, as far as the registry knows them."""
+        from llmpress.registry import get_registry
+
+        return get_registry().lineage(self.id)
+
+
+@contextlib.contextmanager
+def create_artifact(
+    name: str,
+    step: Step,
+    parent: Artifact | None = None,
+    format: str = "hf",
+    loader: str = "hf",
+    dest: Path | None = None,
+    register: bool = True,
+) -> Iterator[ArtifactWriter]:
+    """Write a new artifact atomically.
+
+    Yields a writer whose `.path` is a temporary directory; fill it, then on a clean exit
+    the manifest is written with file hashes, the directory is renamed to its final place
+    and the artifact is recorded in the registry. On any exception nothing is left behind.
+    """
+    if format not in FORMATS:
+        raise ManifestError(f"unknown artifact format {format!r}", f"use one of {', '.join(FORMATS)}")
+    final = Path(dest) if dest is not None else artifacts_dir() / new_id()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    manifest = Manifest(
+        id=final.name if dest is None else new_id(),
+        name=name,
+        format=format,
+        parent=parent.id if parent is not None else None,
+        step=step,
+        loader=loader,
+    )
+    writer = ArtifactWriter(tmp, manifest)
+    try:
+        yield writer
+        manifest.files_sha256 = hash_tree(tmp)
+        (tmp / MANIFEST).write_text(manifest.to_json())
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    writer.artifact = Artifact(final, manifest)
+    if register:
+        from llmpress.registry import get_registry
+
+        try:
+            get_registry().add_artifact(writer.artifact)
+        except BaseException:
+            shutil.rmtree(final, ignore_errors=True)
+            raise
+
+
+class ArtifactWriter:
+    """Handle given to a step while it fills a new artifact's temporary directory."""
+
+    def __init__(self, path: Path, manifest: Manifest) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.artifact: Artifact | None = None

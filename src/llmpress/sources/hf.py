@@ -1,0 +1,97 @@
+"""Plain Hugging Face loading and saving, with llmpress errors instead of stack traces."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from llmpress.errors import SourceError
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
+def quiet_hf() -> None:
+    """Keep transformers' own progress bars and advisory warnings out of our output."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except Exception:  # pragma: no cover - transformers missing is reported elsewhere
+        pass
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    cfg = path / "config.json"
+    if not cfg.is_file():
+        raise SourceError(f"{path} has no config.json", "point at a Hugging Face model directory or a .gguf file")
+    try:
+        return json.loads(cfg.read_text())
+    except json.JSONDecodeError as e:
+        raise SourceError(f"{cfg} is not valid JSON ({e})", "restore the model's config.json") from e
+
+
+def auto_class(config: dict[str, Any]) -> Any:
+    """The transformers Auto class for an architecture, or a clear error when unsupported."""
+    import transformers
+
+    archs = config.get("architectures") or []
+    arch = archs[0] if archs else ""
+    if arch.endswith("ForSequenceClassification"):
+        return transformers.AutoModelForSequenceClassification
+    if arch and not arch.endswith("ForCausalLM") and not arch.endswith("LMHeadModel"):
+        raise SourceError(f"unsupported architecture {arch!r}",
+                          "llmpress handles causal LMs (*ForCausalLM) and *ForSequenceClassification models")
+    model_type = config.get("model_type")
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    if model_type not in CONFIG_MAPPING_NAMES:
+        raise SourceError(f"unsupported model type {model_type!r}",
+                          "use a model whose architecture this transformers version knows")
+    return transformers.AutoModelForCausalLM
+
+
+def load_hf_model(path: Path, dtype: Any = None, **kwargs: Any) -> Any:
+    """from_pretrained on a local directory, eval mode, dtype as saved unless given."""
+    quiet_hf()
+    path = Path(path)
+    cls = auto_class(read_config(path))
+    try:
+        model = cls.from_pretrained(path, dtype=dtype if dtype is not None else "auto", **kwargs)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise SourceError(f"could not load the model in {path}: {str(e).splitlines()[0]}",
+                          "check that its weights match config.json or re-create the artifact") from e
+    model.eval()
+    return model
+
+
+def load_tokenizer(path: Path) -> Any:
+    """The tokenizer saved beside a model; a model without one is a clear error."""
+    from transformers import AutoTokenizer
+
+    quiet_hf()
+    path = Path(path)
+    if not any((path / f).exists() for f in TOKENIZER_FILES):
+        raise SourceError(f"{path} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}...)",
+                          "copy the tokenizer of the base model into the directory (tokenizer.save_pretrained)")
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, TypeError) as e:
+        raise SourceError(f"could not load the tokenizer in {path}: {str(e).splitlines()[0]}",
+                          "re-save it with tokenizer.save_pretrained") from e
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def save_model(model: Any, tokenizer: Any, dest: Path) -> None:
+    """save_pretrained in safetensors, dropping a stale quantization_config (e.g. from GGUF)."""
+    cfg = model.config
+    if getattr(cfg, "quantization_config", None) is not None and cfg.quantization_config.get("quant_method") == "gguf":
+        del cfg.quantization_config
+    model.save_pretrained(dest, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(dest)
