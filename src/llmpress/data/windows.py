@@ -1,0 +1,62 @@
+"""Tokenise texts into one stream and cut fixed windows with a stride (sliding-window evaluation)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from llmpress.errors import ConfigError, DataError
+
+
+@dataclass
+class Window:
+    """Token ids of one window; only positions >= `score_from` are scored (earlier ones are context)."""
+
+    ids: list[int]
+    score_from: int
+
+
+def token_stream(texts: list[str], tokenizer: Any, max_tokens: int | None = None) -> list[int]:
+    """All texts joined by EOS into one stream of token ids (BOS once at the start, if the model has one)."""
+    sep = tokenizer.eos_token_id
+    ids: list[int] = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    for text in texts:
+        ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if sep is not None:
+            ids.append(sep)
+        if max_tokens is not None and len(ids) >= max_tokens + 1:
+            return ids[: max_tokens + 1]
+    return ids
+
+
+def sliding_windows(ids: list[int], window: int, stride: int) -> list[Window]:
+    """Windows of `window` tokens starting every `stride`; each token is scored exactly once.
+
+    Token t (t >= 1) is scored in the first window that contains it with at least
+    `window - stride` tokens of context (or from the stream start), as in the standard
+    strided-perplexity recipe.
+    """
+    if window < 2 or stride < 1 or stride > window:
+        raise ConfigError(f"bad window/stride {window}/{stride}", "need window >= 2 and 1 <= stride <= window")
+    if len(ids) < 2:
+        raise DataError("the evaluation text tokenizes to fewer than 2 tokens", "use a larger corpus")
+    out: list[Window] = []
+    scored_until = 1  # position 0 has no context and is never scored
+    begin = 0
+    while scored_until < len(ids):
+        end = min(begin + window, len(ids))
+        out.append(Window(ids[begin:end], score_from=scored_until - begin))
+        scored_until = end
+        begin += stride
+        if end == len(ids):
+            break
+    return out
+
+
+def training_blocks(texts: list[str], tokenizer: Any, length: int, max_blocks: int | None = None) -> list[list[int]]:
+    """Non-overlapping blocks of `length` tokens for training / calibration."""
+    ids = token_stream(texts, tokenizer, None if max_blocks is None else max_blocks * length)
+    blocks = [ids[i : i + length] for i in range(0, len(ids) - length + 1, length)]
+    if not blocks:
+        raise DataError(f"corpus has {len(ids)} tokens, fewer than one block of {length}", "use more text")
+    return blocks[:max_blocks] if max_blocks else blocks
