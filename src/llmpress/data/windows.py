@@ -32,8 +32,8 @@ def token_stream(texts: list[str], tokenizer: Any, max_tokens: int | None = None
 def sliding_windows(ids: list[int], window: int, stride: int) -> list[Window]:
     """Windows of `window` tokens starting every `stride`; each token is scored exactly once.
 
-    Token t (t >= 1) is scored in the first window that contains it with at least
-    `window - stride` tokens of context (or from the stream start), as in the standard
+    Consecutive windows overlap by `window - stride` tokens (at least one), which serve only
+    as context; token t (t >= 1) is scored in exactly one window, as in the standard
     strided-perplexity recipe.
     """
     if window < 2 or stride < 1 or stride > window:
@@ -41,15 +41,16 @@ def sliding_windows(ids: list[int], window: int, stride: int) -> list[Window]:
     if len(ids) < 2:
         raise DataError("the evaluation text tokenizes to fewer than 2 tokens", "use a larger corpus")
     out: list[Window] = []
+    overlap = max(window - stride, 1)  # at least one token of context, so every window scores from >= 1
     scored_until = 1  # position 0 has no context and is never scored
     begin = 0
     while scored_until < len(ids):
         end = min(begin + window, len(ids))
         out.append(Window(ids[begin:end], score_from=scored_until - begin))
         scored_until = end
-        begin += stride
         if end == len(ids):
             break
+        begin = end - overlap
     return out
 
 
