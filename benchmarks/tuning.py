@@ -1,0 +1,130 @@
+"""Fine-tuning methods on SmolLM2-135M: trainable %, peak RSS, steps/s, eval loss before/after.
+
+Task: instruction pairs from the stdlib docs (`builtin:pydoc-instruct`: "Explain the Python
+topic X" -> its first paragraph), loss on the answer only; deterministic split and seed.
+Every method runs for the same number of optimizer steps in its own subprocess, so each
+peak RSS (ru_maxrss of that process) is not polluted by another method's memory.
+Checks the seeds' guidance: LoRA r=16 trains <= 2 % of the parameters, peaks at <= 60 % of
+full fine-tuning's memory, and reaches an eval loss within 5 % of full's on the same steps.
+
+    flock /tmp/llmpress-bench.lock .venv/bin/python benchmarks/tuning.py [--steps 60]
+
+Writes benchmarks/results/tuning/results.json and results.md. Never asserts time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parent / "results" / "tuning"
+MODEL = "builtin:smollm2-135m"
+DATA = "builtin:pydoc-instruct"
+# Learning rates per method (the method defaults, LoRA/adapter raised for a short run).
+METHODS: dict[str, dict] = {
+    "full": {"lr": 5e-5, "params": {}},
+    "lora": {"lr": 1e-3, "params": {"r": 16, "alpha": 32, "dropout": 0.05}},
+    "adapter": {"lr": 1e-3, "params": {"reduction_factor": 16}},
+    "prompt": {"lr": 3e-2, "params": {"num_virtual_tokens": 20, "init_text": "Explain the Python topic clearly."}},
+}
+
+
+def worker(method: str, steps: int, seq_len: int, batch: int, out: Path) -> None:
+    """Run one method in this (fresh) process and write its numbers to `out`."""
+    from llmpress.sources import resolve
+    from llmpress.tune.config import TrainConfig
+    from llmpress.tune.run import tune_artifact
+    from llmpress.tune.trainer import process_max_rss_bytes, rss_bytes
+
+    base = resolve(MODEL)
+    spec = METHODS[method]
+    t0 = time.perf_counter()
+    art = tune_artifact(base, method, DATA, spec["params"],
+                        TrainConfig(max_steps=steps, lr=spec["lr"], batch_size=batch, seq_len=seq_len,
+                                    eval_every=steps, max_eval=None, seed=0),
+                        name=f"bench-smollm2-{method}")
+    m = dict(art.manifest.metrics["tune"])
+    m.update(artifact=art.id, wall_seconds=round(time.perf_counter() - t0, 1),
+             process_max_rss_mb=round(process_max_rss_bytes() / 2**20, 1),
+             rss_end_mb=round(rss_bytes() / 2**20, 1), artifact_mb=round(art.bytes_on_disk() / 2**20, 2))
+    out.write_text(json.dumps(m, default=str))
+
+
+def markdown(rows: dict[str, dict], checks: dict, args: argparse.Namespace) -> str:
+    lines = [f"# Fine-tuning SmolLM2-135M on {DATA}", "",
+             f"{args.steps} optimizer steps, batch {args.batch}, seq len {args.seq_len}, seed 0, "
+             f"bf16 autocast {'on' if next(iter(rows.values()))['bf16'] else 'off'}, 2-core CPU shared with other jobs "
+             "(speeds are indicative). Each method in its own process; peak RSS = that process's ru_maxrss.", "",
+             "| method | lr | trainable params | trainable % | peak RSS (MB) | peak RSS vs full | steps/s | "
+             "eval loss before | eval loss after | vs full | artifact MB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    full = rows.get("full")
+    for name, r in rows.items():
+        mem = f"{r['process_max_rss_mb'] / full['process_max_rss_mb']:.0%}" if full else "-"
+        rel = f"{r['eval_loss_after'] / full['eval_loss_after'] - 1:+.1%}" if full else "-"
+        lines.append(f"| {name} | {r['lr']:g} | {r['trainable_params']:,} | {r['trainable_pct']:.3f} | "
+                     f"{r['process_max_rss_mb']:.0f} | {mem} | {r['steps_per_s']:.3f} | {r['eval_loss_before']:.3f} | "
+                     f"{r['eval_loss_after']:.3f} | {rel} | {r['artifact_mb']:.1f} |")
+    lines += ["", "## Seeds' guidance (LoRA r=16 vs full fine-tuning)", "",
+              "| check | target | measured | met |", "|---|---|---:|---|"]
+    for c in checks.values():
+        lines.append(f"| {c['check']} | {c['target']} | {c['measured']} | {'yes' if c['met'] else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--worker-out", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        worker(args.worker, args.steps, args.seq_len, args.batch, Path(args.worker_out))
+        return
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    OUT.mkdir(parents=True, exist_ok=True)
+    rows: dict[str, dict] = {}
+    for method in args.methods.split(","):
+        part = OUT / f"{method}.json"
+        print(f"[tuning] {method}: {args.steps} steps ...", file=sys.stderr, flush=True)
+        subprocess.run([sys.executable, __file__, "--worker", method, "--worker-out", str(part),
+                        "--steps", str(args.steps), "--seq-len", str(args.seq_len), "--batch", str(args.batch)],
+                       check=True)
+        rows[method] = json.loads(part.read_text())
+        r = rows[method]
+        print(f"[tuning] {method}: {r['trainable_pct']:.3f}% trainable, peak {r['process_max_rss_mb']:.0f} MB, "
+              f"{r['steps_per_s']:.3f} steps/s, eval loss {r['eval_loss_before']:.3f} -> {r['eval_loss_after']:.3f}",
+              file=sys.stderr, flush=True)
+    checks: dict[str, dict] = {}
+    if "lora" in rows:
+        lo = rows["lora"]
+        checks["trainable"] = {"check": "LoRA trainable share", "target": "<= 2 %",
+                               "measured": f"{lo['trainable_pct']:.2f} %", "met": lo["trainable_pct"] <= 2.0}
+        if "full" in rows:
+            fu = rows["full"]
+            mem = lo["process_max_rss_mb"] / fu["process_max_rss_mb"]
+            loss = lo["eval_loss_after"] / fu["eval_loss_after"] - 1
+            checks["memory"] = {"check": "LoRA peak RSS / full peak RSS", "target": "<= 60 %",
+                                "measured": f"{mem:.0%} ({lo['process_max_rss_mb']:.0f} / {fu['process_max_rss_mb']:.0f} MB)",
+                                "met": mem <= 0.60}
+            checks["loss"] = {"check": "LoRA eval loss vs full, same steps", "target": "within 5 %",
+                              "measured": f"{loss:+.1%} ({lo['eval_loss_after']:.3f} vs {fu['eval_loss_after']:.3f})",
+                              "met": abs(loss) <= 0.05 or loss < 0}
+    result = {"model": MODEL, "data": DATA, "steps": args.steps, "seq_len": args.seq_len, "batch": args.batch,
+              "methods": rows, "checks": checks}
+    (OUT / "results.json").write_text(json.dumps(result, indent=2, default=str))
+    md = markdown(rows, checks, args)
+    (OUT / "results.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
