@@ -1,0 +1,61 @@
+"""`llmpress serve MODEL`: the OpenAI-compatible server (continuous batching engine + FastAPI + uvicorn)."""
+
+from __future__ import annotations
+
+import typer
+
+from llmpress.cli.common import console, run_guarded
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("serve")
+    def serve(
+        model: str = typer.Argument(..., help="builtin:NAME, artifact id/name, local HF dir or .gguf"),
+        host: str = typer.Option("127.0.0.1", help="bind address"),
+        port: int = typer.Option(8000, help="TCP port"),
+        max_batch: int = typer.Option(32, help="sequences decoded together"),
+        max_tokens_per_step: int = typer.Option(512, help="token budget of one step (decodes + prefill chunk)"),
+        max_waiting: int = typer.Option(256, help="bounded request queue; beyond it requests get 503 + Retry-After"),
+        kv_cache_mb: float = typer.Option(256.0, help="KV-cache memory budget (MiB), preallocated at start"),
+        block_size: int = typer.Option(16, help="tokens per KV block"),
+        prefix_caching: bool = typer.Option(True, help="reuse KV blocks of shared prompt prefixes"),
+        threads: int = typer.Option(0, help="torch CPU threads (0: torch's default)"),
+        no_auth: bool = typer.Option(False, "--no-auth", help="serve without API keys (loopback binds only)"),
+        log_level: str = typer.Option("info", help="uvicorn / llmpress log level"),
+    ) -> None:
+        """Serve MODEL over HTTP: /v1/completions, /v1/chat/completions, /v1/models, /generate, /metrics."""
+
+        def body() -> None:
+            import logging
+
+            import uvicorn
+
+            from llmpress.registry.keys import KeyStore
+            from llmpress.server import build_app
+            from llmpress.server.logs import setup_json_logging
+
+            setup_json_logging(getattr(logging, log_level.upper(), logging.INFO))
+            if no_auth:
+                console.print(f"[yellow]warning:[/] serving WITHOUT API keys on {host} (loopback only); "
+                              "anyone on this machine can use it")
+            app, art = build_app(model, host=host, auth=not no_auth, max_batch=max_batch,
+                                 max_tokens_per_step=max_tokens_per_step, max_waiting=max_waiting,
+                                 kv_cache_mb=kv_cache_mb, block_size=block_size,
+                                 enable_prefix_caching=prefix_caching, num_threads=threads or None)
+            store = KeyStore()
+            if not no_auth and not any(k["status"] == "active" for k in store.list()):
+                console.print("[yellow]warning:[/] no active API keys: every request will get 401; "
+                              "create one with `llmpress keys create NAME`")
+            eng = app.state.engine
+            console.print(f"serving [bold]{art.name}[/] ({art.id}) on http://{host}:{port}  "
+                          f"KV cache {eng.runner.num_blocks} blocks x {block_size} tokens "
+                          f"({eng.runner.kv_cache_mb:.0f} MiB)")
+            dep = store.start_deployment(art.id, host, port, {"max_batch": max_batch, "kv_cache_mb": kv_cache_mb,
+                                                              "auth": not no_auth})
+            try:
+                uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False,
+                            timeout_graceful_shutdown=30)
+            finally:
+                store.stop_deployment(dep)
+
+        run_guarded(body)

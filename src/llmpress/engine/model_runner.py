@@ -1,0 +1,196 @@
+"""One forward step over a flat batch of tokens with a block-based KV cache (nano-vllm's ModelRunner).
+
+We write the Llama-family forward ourselves but call the model's own submodules (embeddings, q/k/v/o
+projections, MLP, norms, rotary, lm_head): transformers' forward knows only its own contiguous
+caches, whereas we need paged KV shared between requests. Calling the submodules keeps every
+llmpress artifact working: quantized Linear replacements, pruned layers (head counts and MLP sizes
+are read per layer, from the modules) and merged LoRA.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from llmpress.engine.sequence import Sequence
+from llmpress.errors import ConfigError, SourceError
+
+SUPPORTED = ("llama", "mistral", "qwen2")
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class ModelRunner:
+    """Holds the model and the preallocated KV tensors; `run` does one step and returns logits rows."""
+
+    def __init__(self, model: Any, block_size: int = 16, kv_cache_bytes: int = 256 << 20,
+                 num_blocks: int | None = None) -> None:
+        cfg = model.config
+        mtype = getattr(cfg, "model_type", "?")
+        inner = getattr(model, "model", None)
+        if mtype not in SUPPORTED or inner is None or not hasattr(inner, "layers"):
+            raise SourceError(f"the serving engine does not support model type {mtype!r}",
+                              f"serve a model of type {', '.join(SUPPORTED)} (Llama family)")
+        if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True) and mtype != "llama":
+            raise SourceError(f"{mtype} with a sliding attention window is not supported by the engine",
+                              "serve a model without sliding-window attention")
+        for layer in inner.layers:
+            if hasattr(layer.self_attn, "q_norm"):
+                raise SourceError(f"{mtype} with per-head q/k norms is not supported by the engine",
+                                  "serve a Llama-family model")
+        self.model = model.eval()
+        self.inner = inner
+        self.block_size = block_size
+        with torch.inference_mode():  # from the modules' outputs: quantized embeddings have no float .weight
+            e = inner.embed_tokens(torch.zeros(1, dtype=torch.long))
+        self.dtype = e.dtype if e.dtype in (torch.float32, torch.float16, torch.bfloat16) else torch.float32
+        self.vocab_size = int(getattr(cfg, "vocab_size", 0) or 0)
+        self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+        self.max_model_len = int(getattr(cfg, "max_position_embeddings", 2048))
+        self.layers = list(inner.layers)
+        # Head counts per layer from the modules themselves (structured pruning changes them).
+        hidden = e.shape[-1]
+        self.n_heads: list[int] = []
+        self.n_kv: list[int] = []
+        self.scaling: list[float] = []
+        with torch.inference_mode():
+            probe = torch.zeros(1, hidden, dtype=self.dtype)
+            for layer in self.layers:
+                a = layer.self_attn
+                self.n_heads.append(a.q_proj(probe).shape[-1] // self.head_dim)
+                self.n_kv.append(a.k_proj(probe).shape[-1] // self.head_dim)
+                self.scaling.append(float(getattr(a, "scaling", self.head_dim ** -0.5)))
+        elem = torch.tensor([], dtype=self.dtype).element_size()
+        self.bytes_per_block = sum(2 * block_size * n * self.head_dim * elem for n in self.n_kv)
+        if num_blocks is None:
+            num_blocks = kv_cache_bytes // self.bytes_per_block
+        if num_blocks < 2:
+            raise ConfigError(f"a KV-cache budget of {kv_cache_bytes / 2**20:.1f} MiB holds {num_blocks} blocks "
+                              f"({self.bytes_per_block / 2**20:.2f} MiB each)",
+                              "raise --kv-cache-mb or lower --block-size", param="kv_cache_mb")
+        self.num_blocks = int(num_blocks)
+        # Preallocated once: [slots, kv_heads, head_dim] per layer, slot = block * block_size + offset.
+        n_slots = self.num_blocks * block_size
+        self.k_cache = [torch.zeros(n_slots, n, self.head_dim, dtype=self.dtype) for n in self.n_kv]
+        self.v_cache = [torch.zeros(n_slots, n, self.head_dim, dtype=self.dtype) for n in self.n_kv]
+
+    # -- input preparation ------------------------------------------------------------
+    def _slots(self, seq: Sequence, start: int, end: int) -> torch.Tensor:
+        bt = torch.tensor(seq.block_table, dtype=torch.long)
+        pos = torch.arange(start, end)
+        return bt[pos // self.block_size] * self.block_size + pos % self.block_size
+
+    @torch.inference_mode()
+    def run(self, items: list[tuple[Sequence, int]], num_decode: int,
+            all_logits: set[int] | None = None) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """Feed `n` new tokens of each sequence; return logits rows and, per item, its (start, count) rows.
+
+        Rows are the item's last token (when it completes the pending tokens) or, for items whose index is
+        in `all_logits`, every fed token (prompt logprobs). Items that return no row get count 0.
+        """
+        bs = self.block_size
+        tokens: list[int] = []
+        positions: list[int] = []
+        for seq, n in items:
+            tokens += seq.token_ids[seq.num_computed:seq.num_computed + n]
+            positions += range(seq.num_computed, seq.num_computed + n)
+        T = len(tokens)
+        ids = torch.tensor(tokens, dtype=torch.long)
+        pos = torch.tensor(positions, dtype=torch.long)
+        # Decodes: one token each, attention over a gathered [B, S] window of slots.
+        B = num_decode
+        if B:
+            ctx = torch.tensor([s.num_computed + 1 for s, _ in items[:B]])
+            S = int(ctx.max())
+            nb = (S + bs - 1) // bs
+            bt = torch.tensor([s.block_table[:nb] + [0] * (nb - len(s.block_table[:nb])) for s, _ in items[:B]])
+            p = torch.arange(S)
+            dec_idx = bt[:, p // bs] * bs + p % bs  # [B, S]
+            dec_mask = (p[None, :] < ctx[:, None])[:, None, None, :]  # [B, 1, 1, S]
+            dec_slots = dec_idx[torch.arange(B), ctx - 1]
+            dec_flat = dec_idx.reshape(-1)
+        prefill: list[tuple[int, int, int, torch.Tensor]] = []  # (offset, n, computed, ctx slots)
+        off = B
+        for seq, n in items[B:]:
+            prefill.append((off, n, seq.num_computed, self._slots(seq, 0, seq.num_computed + n)))
+            off += n
+        slot_parts = ([dec_slots] if B else []) + [c[-n:] for _, n, _, c in prefill]
+        slots = torch.cat(slot_parts)
+        # Logit rows.
+        rows: list[int] = []
+        spans: list[tuple[int, int]] = []
+        off = 0
+        for i, (seq, n) in enumerate(items):
+            completes = seq.num_computed + n == len(seq)
+            if all_logits and i in all_logits:
+                spans.append((len(rows), n))
+                rows += range(off, off + n)
+            elif completes:
+                spans.append((len(rows), 1))
+                rows.append(off + n - 1)
+            else:
+                spans.append((len(rows), 0))
+            off += n
+
+        h = self.inner.embed_tokens(ids)
+        cos, sin = self.inner.rotary_emb(h, pos[None])
+        cos, sin = cos[0, :, None, :].to(self.dtype), sin[0, :, None, :].to(self.dtype)
+        hd = self.head_dim
+        for li, layer in enumerate(self.layers):
+            a = layer.self_attn
+            x = layer.input_layernorm(h)
+            q = a.q_proj(x).view(T, -1, hd)
+            k = a.k_proj(x).view(T, -1, hd)
+            v = a.v_proj(x).view(T, -1, hd)
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+            kc, vc = self.k_cache[li], self.v_cache[li]
+            kc.index_copy_(0, slots, k)
+            vc.index_copy_(0, slots, v)
+            outs: list[torch.Tensor] = []
+            if B:
+                # index_select, not kc[dec_idx]: advanced indexing is ~100x slower on CPU here
+                kk = kc.index_select(0, dec_flat).view(B, S, -1, hd).transpose(1, 2)  # [B, kv, S, hd]
+                vv = vc.index_select(0, dec_flat).view(B, S, -1, hd).transpose(1, 2)
+                o = F.scaled_dot_product_attention(q[:B, :, None, :], kk, vv, attn_mask=dec_mask,
+                                                   scale=self.scaling[li], enable_gqa=True)
+                outs.append(o.reshape(B, -1))
+            for o0, n, done, cslots in prefill:
+                qq = q[o0:o0 + n].transpose(0, 1)[None]  # [1, h, n, hd]
+                kk = kc.index_select(0, cslots).transpose(0, 1)[None]
+                vv = vc.index_select(0, cslots).transpose(0, 1)[None]
+                if done == 0:
+                    o = F.scaled_dot_product_attention(qq, kk, vv, is_causal=True, scale=self.scaling[li],
+                                                       enable_gqa=True)
+                else:
+                    c = done + n
+                    mask = torch.arange(c)[None, :] <= (done + torch.arange(n))[:, None]
+                    o = F.scaled_dot_product_attention(qq, kk, vv, attn_mask=mask, scale=self.scaling[li],
+                                                       enable_gqa=True)
+                outs.append(o[0].transpose(0, 1).reshape(n, -1))
+            attn = outs[0] if len(outs) == 1 else torch.cat(outs)
+            h = h + a.o_proj(attn)
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        if not rows:
+            return torch.empty(0, 0), spans
+        hs = self.inner.norm(h.index_select(0, torch.tensor(rows)) if len(rows) != T else h)
+        logits = self.model.lm_head(hs).float()
+        return logits, spans
+
+    @property
+    def kv_cache_mb(self) -> float:
+        return self.num_blocks * self.bytes_per_block / 2**20
+
+
+def check_context(n_prompt: int, max_tokens: int, max_model_len: int) -> None:
+    """Refuse a request that cannot fit the model's context."""
+    if n_prompt + max_tokens > max_model_len:
+        raise ConfigError(f"prompt ({n_prompt} tokens) + max_tokens ({max_tokens}) exceeds the model's context "
+                          f"of {max_model_len} tokens", "shorten the prompt or lower max_tokens", param="max_tokens")
+
+

@@ -1,0 +1,33 @@
+"""OpenAI-compatible HTTP server over the engine: FastAPI app, schemas, auth, limits, metrics, JSON logs."""
+
+from llmpress.server.app import ServerConfig, create_app
+
+__all__ = ["ServerConfig", "create_app", "build_app", "is_loopback"]
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (no-auth serving is allowed only there)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def build_app(model: object, host: str = "127.0.0.1", auth: bool = True, **engine_config: object):  # type: ignore[no-untyped-def]
+    """Resolve a model spec, start an engine on it and wrap it in the app (used by `llmpress serve` and tests)."""
+    from llmpress.engine import LLMEngine
+    from llmpress.errors import ConfigError
+    from llmpress.sources import resolve
+
+    if not auth and not is_loopback(host):
+        raise ConfigError(f"refusing to serve without API keys on {host}, which other machines can reach",
+                          "bind to 127.0.0.1 or drop --no-auth and create keys with `llmpress keys create`",
+                          param="host")
+    art = resolve(model) if isinstance(model, str) else model
+    engine = LLMEngine.from_artifact(art, **engine_config)
+    cfg = ServerConfig(model_name=art.name, model_aliases=[art.id, str(model) if isinstance(model, str) else art.id], auth=auth, parent=art.manifest.parent)
+    return create_app(engine, cfg), art
