@@ -58,7 +58,7 @@ def test_count_parameters_counts_zeros(tiny) -> None:
     assert n["nonzero_params"] - m["nonzero_params"] == model.model.layers[0].mlp.up_proj.weight.numel()
 
 
-@pytest.mark.parametrize("runner", ["lean", "hf"])
+@pytest.mark.parametrize("runner", ["lean", "hf", "engine"])
 def test_speed_and_records(tiny, runner: str) -> None:
     cfg = EvalConfig(max_tokens=300, window=128, stride=128,
                      speed_config=SpeedConfig(batch_sizes=(1, 2), new_tokens=4, repeats=1, runner=runner))
@@ -83,4 +83,5 @@ def test_lean_runner_equals_hf_generate(tiny) -> None:
     with torch.inference_mode():
         a = make_generate(model, tok, "lean")(ids, 6)
         b = make_generate(model, tok, "hf")(ids, 6)
-    assert torch.equal(a, b)
+        c = make_generate(model, tok, "engine")(ids, 6)
+    assert torch.equal(a, b) and torch.equal(b, c)

@@ -333,6 +333,15 @@ class LLM:
         self.engine = LLMEngine.from_artifact(artifact, **config)
         self.tokenizer = self.engine.tokenizer
 
+    @classmethod
+    def from_model(cls, model: Any, tokenizer: Any, **config: Any) -> LLM:
+        """The offline API over an already-loaded model (used by `evaluate.speed`)."""
+        self = cls.__new__(cls)
+        self.artifact = None
+        self.engine = LLMEngine(model, tokenizer, EngineConfig(**config))
+        self.tokenizer = tokenizer
+        return self
+
     def generate(self, prompts: list[list[int]] | list[str], params: SamplingParams | list[SamplingParams] | None = None,
                  progress: bool = False) -> list[RequestOutput]:
         """Run all prompts (token-id lists or strings) to completion with continuous batching; outputs in input order."""

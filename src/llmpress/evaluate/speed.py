@@ -82,11 +82,12 @@ def make_generate(model: Any, tokenizer: Any, runner: str) -> Callable[[Any, int
             from llmpress.engine import LLM, SamplingParams
         except ImportError as e:
             raise ConfigError("the engine runner is not available in this install", "use --runner lean") from e
-        llm = LLM.from_model(model, tokenizer) if hasattr(LLM, "from_model") else LLM(model, tokenizer)
+        # No prefix caching: repeated timing runs over the same prompts must not skip their prefill.
+        llm = LLM.from_model(model, tokenizer, enable_prefix_caching=False)
 
         def eng(ids: Any, n: int) -> Any:
             outs = llm.generate(ids.tolist(), SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True))
-            return torch.tensor([o.token_ids if hasattr(o, "token_ids") else o["token_ids"] for o in outs])
+            return torch.tensor([o.token_ids for o in outs])
 
         return eng
 
