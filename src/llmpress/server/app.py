@@ -271,6 +271,17 @@ def create_app(engine: LLMEngine, config: ServerConfig) -> FastAPI:
                 e.error_type = "timeout_error"
                 raise e
 
+    async def complete(request: Request, key: KeyInfo | None, entry: list[float] | None, handle: _Handle,
+                       endpoint: str, t0: float) -> tuple[int, int]:
+        """Wait for a non-streaming request, then record it (usage, metrics, limits) as success or error."""
+        try:
+            await wait_all(request, handle)
+            raise_failed(handle)
+        except LlmpressError as e:
+            finish(request, key, entry, handle, endpoint, e.http_status, t0)
+            raise
+        return finish(request, key, entry, handle, endpoint, 200, t0)
+
     def tok_str(i: int) -> str:
         return tok.decode([i])
 
@@ -328,13 +339,7 @@ def create_app(engine: LLMEngine, config: ServerConfig) -> FastAPI:
         if req.stream:
             return StreamingResponse(stream_completion(request, key, entry, handle, req, cid, t0),
                                      media_type="text/event-stream")
-        try:
-            await wait_all(request, handle)
-            raise_failed(handle)
-        except LlmpressError as e:
-            finish(request, key, entry, handle, "completions", e.http_status, t0)
-            raise
-        _, tout = finish(request, key, entry, handle, "completions", 200, t0)
+        _, tout = await complete(request, key, entry, handle, "completions", t0)
         n_prompt = sum(len(p) for p in prompts)
         choices = []
         for i, s in enumerate(handle.seqs):
@@ -457,13 +462,7 @@ def create_app(engine: LLMEngine, config: ServerConfig) -> FastAPI:
         cid = f"chatcmpl-{request.state.request_id}"
         if req.stream:
             return StreamingResponse(stream_chat(request, key, entry, handle, cid, t0), media_type="text/event-stream")
-        try:
-            await wait_all(request, handle)
-            raise_failed(handle)
-        except LlmpressError as e:
-            finish(request, key, entry, handle, "chat", e.http_status, t0)
-            raise
-        _, tout = finish(request, key, entry, handle, "chat", 200, t0)
+        _, tout = await complete(request, key, entry, handle, "chat", t0)
         choices = []
         for i, s in enumerate(handle.seqs):
             logprobs = None
@@ -513,13 +512,7 @@ def create_app(engine: LLMEngine, config: ServerConfig) -> FastAPI:
                                   timeout=config.request_timeout)
 
         handle, entry = await submit(request, key, ids, make, 1)
-        try:
-            await wait_all(request, handle)
-            raise_failed(handle)
-        except LlmpressError as e:
-            finish(request, key, entry, handle, "generate", e.http_status, t0)
-            raise
-        finish(request, key, entry, handle, "generate", 200, t0)
+        await complete(request, key, entry, handle, "generate", t0)
         return GenerateResponse(generated_text=engine.text_of(handle.seqs[0]))
 
     @app.middleware("http")

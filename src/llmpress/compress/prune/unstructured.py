@@ -27,16 +27,11 @@ def prunable_linears(model: Any) -> list[tuple[str, Any]]:
 
 
 def count_params(model: Any) -> dict[str, int]:
-    """Total and nonzero parameters (tied tensors counted once), the honest sparsity numbers."""
-    seen: set[int] = set()
-    total = nonzero = 0
-    for p in model.parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        total += p.numel()
-        nonzero += int((p != 0).sum())
-    return {"params_total": total, "params_nonzero": nonzero}
+    """Total and nonzero parameters, the honest sparsity numbers (the evaluation's own count)."""
+    from llmpress.evaluate.size import count_parameters
+
+    c = count_parameters(model)
+    return {"params_total": c["params"], "params_nonzero": c["nonzero_params"]}
 
 
 def run(model: Any, amount: float, scope: str = "layer") -> tuple[Any, dict[str, Any]]:
