@@ -58,13 +58,14 @@ def test_count_parameters_counts_zeros(tiny) -> None:
     assert n["nonzero_params"] - m["nonzero_params"] == model.model.layers[0].mlp.up_proj.weight.numel()
 
 
-@pytest.mark.parametrize("runner", ["lean", "hf", "engine"])
+@pytest.mark.parametrize("runner", ["lean", "hf", "engine", "auto"])
 def test_speed_and_records(tiny, runner: str) -> None:
     cfg = EvalConfig(max_tokens=300, window=128, stride=128,
                      speed_config=SpeedConfig(batch_sizes=(1, 2), new_tokens=4, repeats=1, runner=runner))
     res = evaluate_artifact(tiny, cfg)
     s = res["speed"]
-    assert s["runner"] == runner
+    used = "engine" if runner == "auto" else runner  # tiny-llama is a Llama: auto picks the engine
+    assert s["runner"] == used
     assert s["decode"]["b1"]["tok_s"]["median"] > 0 and s["decode"]["b2"]["tok_s"]["median"] > 0
     assert s["peak_rss_mb"] >= s["rss_after_load_mb"] > 0 and s["load_s"] > 0
     assert res["size"]["bytes_on_disk"] == tiny.bytes_on_disk()
@@ -72,7 +73,7 @@ def test_speed_and_records(tiny, runner: str) -> None:
 
     kinds = {e.kind for e in get_registry().evaluations(tiny.id)}
     assert {"quality", "speed", "size"} <= kinds
-    assert get_registry().get(tiny.id).metrics["speed"]["runner"] == runner
+    assert get_registry().get(tiny.id).metrics["speed"]["runner"] == used
 
 
 def test_lean_runner_equals_hf_generate(tiny) -> None:

@@ -87,6 +87,30 @@ def test_kernel_and_gemm_paths_agree(kind):
     assert float((many - ref).norm() / ref.norm()) < (0.01 if kind == "int8" else 0.12)
 
 
+@pytest.mark.parametrize("rows", [1, 3, 5, 8, 17, 32])
+def test_our_kernels_match_dequantized_gemm(rows):
+    """kernels.cpp computes float32 dot products with the stored ints: equal to a float GEMM on the
+    dequantized weight up to summation order, for any row count and a weight-row count that leaves a tail."""
+    from torch import nn
+
+    from llmpress.compress.quantize import kernels
+    from llmpress.compress.quantize.layers import Int4WeightOnlyLinear, Int8WeightOnlyLinear
+
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX512",):
+        pytest.skip("our kernels are built for AVX-512 machines only")
+    assert kernels.available(), "the AVX-512 kernels failed to build (see the warning above)"
+    torch.manual_seed(rows)
+    lin = nn.Linear(192, 389, bias=False)
+    x = torch.randn(rows, 192)
+    for q in (Int8WeightOnlyLinear.from_float(lin), Int4WeightOnlyLinear.from_float(lin, 64)):
+        deq = q.qweight.float() * q.scales[:, None] if isinstance(q, Int8WeightOnlyLinear) else q.dequantize()
+        with torch.no_grad():
+            y = q(x)
+        ref = x @ deq.T
+        assert q._kern is not None
+        assert float((y - ref).abs().max()) <= 1e-5 * float(ref.abs().max()) + 1e-6, type(q).__name__
+
+
 def test_loader_does_not_requantize(tiny, prompt_ids):
     """Changing a stored int8 code changes the loaded model: weights come from storage, not floats."""
     from safetensors.torch import load_file, save_file

@@ -33,7 +33,9 @@ STRIDE = typer.Option(256, "--stride", help="Perplexity window stride (tokens)."
 BATCHES = typer.Option("1,8,32", "--batch-sizes", help="Decode batch sizes to time.")
 NEWTOK = typer.Option(32, "--new-tokens", help="New tokens per timed generation (EOS ignored).")
 REPEATS = typer.Option(3, "--repeats", help="Timed repeats after one warm-up (median reported).")
-RUNNER = typer.Option("lean", "--runner", help="Decode loop to time: lean | hf (model.generate) | engine.")
+RUNNER = typer.Option("auto", "--runner",
+                      help="Decode loop to time: auto (engine if it serves the model, else lean) | engine | lean "
+                           "(HF forward + KV cache) | hf (model.generate).")
 JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from llmpress.errors import ConfigError, LlmpressError
 
-RUNNERS = ("hf", "lean", "engine")
+RUNNERS = ("auto", "hf", "lean", "engine")
 
 
 @dataclass
@@ -33,8 +33,9 @@ class SpeedConfig:
     warmup: int = 1
     repeats: int = 3
     # hf: plain `model.generate()`; lean: a minimal greedy loop over the HF forward with a
-    # KV cache (no logits processors); engine: llmpress.engine when installed.
-    runner: str = "lean"
+    # KV cache (no logits processors); engine: llmpress.engine (what `llmpress serve` runs);
+    # auto: the engine when it supports the model, else lean.
+    runner: str = "auto"
     threads: int | None = None
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -76,19 +77,28 @@ def make_generate(model: Any, tokenizer: Any, runner: str) -> Callable[[Any, int
                                  min_new_tokens=n, do_sample=False, pad_token_id=tokenizer.pad_token_id)
             return out[:, ids.shape[1] :]
 
+        hf.runner = "hf"  # type: ignore[attr-defined]
         return hf
-    if runner == "engine":
+    if runner in ("engine", "auto"):
         try:
             from llmpress.engine import LLM, SamplingParams
         except ImportError as e:
+            if runner == "auto":
+                return make_generate(model, tokenizer, "lean")
             raise ConfigError("the engine runner is not available in this install", "use --runner lean") from e
         # No prefix caching: repeated timing runs over the same prompts must not skip their prefill.
-        llm = LLM.from_model(model, tokenizer, enable_prefix_caching=False)
+        try:
+            llm = LLM.from_model(model, tokenizer, enable_prefix_caching=False)
+        except LlmpressError:
+            if runner == "auto":  # a model the engine does not serve: time the lean loop instead
+                return make_generate(model, tokenizer, "lean")
+            raise
 
         def eng(ids: Any, n: int) -> Any:
             outs = llm.generate(ids.tolist(), SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True))
             return torch.tensor([o.token_ids for o in outs])
 
+        eng.runner = "engine"  # type: ignore[attr-defined]
         return eng
 
     from transformers import DynamicCache
@@ -104,6 +114,7 @@ def make_generate(model: Any, tokenizer: Any, runner: str) -> Callable[[Any, int
             toks.append(nxt)
         return torch.cat(toks, dim=1)
 
+    lean.runner = "lean"  # type: ignore[attr-defined]
     return lean
 
 
@@ -125,7 +136,7 @@ def measure_speed(model: Any, tokenizer: Any, config: SpeedConfig,
         if on_progress:
             on_progress(done, steps, desc)
 
-    result: dict[str, Any] = {"runner": config.runner, "prompt_tokens": config.prompt_tokens,
+    result: dict[str, Any] = {"runner": getattr(gen, "runner", config.runner), "prompt_tokens": config.prompt_tokens,
                               "new_tokens": config.new_tokens, "threads": torch.get_num_threads()}
     with torch.inference_mode():
         ids = _prompt_ids(tokenizer, config.ttft_prompt_tokens, 1)

@@ -22,13 +22,23 @@ from llmpress.errors import ConfigError
 
 INT4_GROUP_SIZES = (32, 64, 128, 256)
 
-# The aten int8 / int4 weight-only CPU kernels are vectorised (AVX-512) only for bfloat16
-# activations; with float32 they fall back to a scalar loop (~0.5 GMAC/s measured here). So
-# activations enter the kernels as bf16 and outputs leave as bf16, then go back to the model's
-# dtype. The kernels are GEMV-shaped: for more than KERNEL_MAX_ROWS rows (prefill, perplexity)
-# a float GEMM on the dequantized weight is far faster; that path rounds activations and
-# outputs to bf16 too, so both paths compute the same function up to summation order.
-KERNEL_MAX_ROWS = 8
+# Decode-shaped calls (at most KERNEL_MAX_ROWS activation rows) go to a weight-only kernel;
+# longer ones (prefill, perplexity) to a float GEMM on the dequantized weight, which is
+# compute-bound and faster there. Two kernel sets:
+# - ours (kernels.cpp, built on first use): float32 activations, exact float32 dot products, so
+#   both paths compute the same function up to summation order;
+# - aten's `_weight_int8pack_mm` / `_weight_int4pack_mm_for_cpu` (fallback, LLMPRESS_KERNELS=aten):
+#   vectorised only for bfloat16 activations (float32 falls back to a scalar loop, ~0.5 GMAC/s
+#   here), so activations enter as bf16 and outputs leave as bf16, and the GEMM path rounds the
+#   same way to stay the same function.
+KERNEL_MAX_ROWS = 32
+ATEN_MAX_ROWS = 8
+
+
+def _kernels() -> Any:
+    from llmpress.compress.quantize import kernels
+
+    return kernels.get()
 
 
 # -- quantization math -------------------------------------------------------------------
@@ -141,6 +151,7 @@ class Int8WeightOnlyLinear(QuantModule):
         self.register_buffer("scales", torch.empty(out_features, dtype=torch.float32))
         self.register_buffer("bias", torch.empty(out_features) if bias else None)
         self._scales_bf16: torch.Tensor | None = None
+        self._kern: Any = None
 
     @classmethod
     def from_float(cls, lin: nn.Linear) -> Int8WeightOnlyLinear:
@@ -151,18 +162,26 @@ class Int8WeightOnlyLinear(QuantModule):
         return m
 
     def prepare(self) -> None:
+        self._kern = _kernels() if self.in_features % 16 == 0 else None  # the kernel reads 16-wide
         self._scales_bf16 = self.scales.to(torch.bfloat16)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._scales_bf16 is None:
+            self.prepare()
         x2, lead = _flat(x)
         dt = x2.dtype
-        xb = x2.to(torch.bfloat16).contiguous()
-        if xb.shape[0] <= KERNEL_MAX_ROWS:
-            if self._scales_bf16 is None:
-                self.prepare()
-            y = torch.ops.aten._weight_int8pack_mm(xb, self.qweight, self._scales_bf16).float()
+        if self._kern is not None:
+            xf = x2.float()
+            if xf.shape[0] <= KERNEL_MAX_ROWS:
+                y = self._kern.int8_linear(xf, self.qweight, self.scales)
+            else:
+                y = F.linear(xf, self.qweight.float() * self.scales[:, None])
         else:
-            y = F.linear(xb.float(), self.qweight.float() * self.scales[:, None]).to(torch.bfloat16).float()
+            xb = x2.to(torch.bfloat16).contiguous()
+            if xb.shape[0] <= ATEN_MAX_ROWS:
+                y = torch.ops.aten._weight_int8pack_mm(xb, self.qweight, self._scales_bf16).float()
+            else:
+                y = F.linear(xb.float(), self.qweight.float() * self.scales[:, None]).to(torch.bfloat16).float()
         if self.bias is not None:
             y = y + self.bias
         return y.to(dt).reshape(*lead, self.out_features)
@@ -212,6 +231,7 @@ class Int4WeightOnlyLinear(QuantModule):
         self.register_buffer("bias", torch.empty(out_features) if bias else None)
         self._packed: torch.Tensor | None = None
         self._sz: torch.Tensor | None = None
+        self._kern: Any = None
 
     def spec(self) -> dict[str, Any]:
         return {"group_size": self.group_size}
@@ -238,8 +258,15 @@ class Int4WeightOnlyLinear(QuantModule):
         return int4_dequantize(unpack_nibbles(self.qweight), self.scales.float(), self.mins.float(), self.group_size)
 
     def prepare(self) -> None:
-        codes = unpack_nibbles(self.qweight).to(torch.int32)
-        self._packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 2)
+        self._kern = _kernels()
+        codes = unpack_nibbles(self.qweight)
+        if self._kern is not None:
+            # ours: per 32-block, byte j = code j | code j+16 << 4; float32 scales / mins
+            c = codes.reshape(self.out_features, -1, 2, 16)
+            self._packed = (c[:, :, 0] | (c[:, :, 1] << 4)).reshape(self.out_features, -1).contiguous()
+            self._sz = torch.stack([self.scales.float(), self.mins.float()])
+            return
+        self._packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 2)
         s, mn = self.scales.float(), self.mins.float()
         # [in/g, out, 2] in the activations' dtype (bf16, see KERNEL_MAX_ROWS)
         self._sz = torch.stack([s, mn + 8.0 * s], dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)
@@ -247,13 +274,21 @@ class Int4WeightOnlyLinear(QuantModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._packed is None:
             self.prepare()
+        assert self._sz is not None
         x2, lead = _flat(x)
         dt = x2.dtype
-        xb = x2.to(torch.bfloat16).contiguous()
-        if xb.shape[0] <= KERNEL_MAX_ROWS:
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(xb, self._packed, self.group_size, self._sz).float()
+        if self._kern is not None:
+            xf = x2.float()
+            if xf.shape[0] <= KERNEL_MAX_ROWS:
+                y = self._kern.int4_linear(xf, self._packed, self._sz[0], self._sz[1], self.group_size)
+            else:
+                y = F.linear(xf, self.dequantize())
         else:
-            y = F.linear(xb.float(), self.dequantize()).to(torch.bfloat16).float()
+            xb = x2.to(torch.bfloat16).contiguous()
+            if xb.shape[0] <= ATEN_MAX_ROWS:
+                y = torch.ops.aten._weight_int4pack_mm_for_cpu(xb, self._packed, self.group_size, self._sz).float()
+            else:
+                y = F.linear(xb.float(), self.dequantize()).to(torch.bfloat16).float()
         if self.bias is not None:
             y = y + self.bias
         return y.to(dt).reshape(*lead, self.out_features)
@@ -386,3 +421,60 @@ def empty_like_kind(kind: str, base: nn.Module, spec: dict[str, Any]) -> QuantMo
     if cls is Int8Embedding:
         return Int8Embedding(base.num_embeddings, base.embedding_dim, base.padding_idx)
     return cls(base.in_features, base.out_features, base.bias is not None, **spec)  # type: ignore[call-arg]
+
+
+def fuse_linears(mods: list[nn.Module]) -> nn.Module | None:
+    """One module computing `cat([m(x) for m in mods], -1)` with one kernel call (q/k/v, gate/up).
+
+    Works for plain float `nn.Linear` and our int8 / int4 weight-only layers when all of `mods`
+    share a class, input width, dtype and group size; returns None otherwise (call them one by
+    one). The originals become row views of the fused tensors, so fusing costs no memory and
+    the model's own forward still works.
+    """
+    first = mods[0]
+    if len(mods) < 2 or any(type(m) is not type(first) for m in mods):
+        return None
+    if any((m.bias is None) != (first.bias is None) for m in mods) or any(
+            m.in_features != first.in_features for m in mods):
+        return None
+    sizes = [m.out_features for m in mods]
+    bias = torch.cat([m.bias.detach() for m in mods]) if first.bias is not None else None
+    fused: nn.Module
+    if type(first) is nn.Linear:
+        if any(m.weight.dtype != first.weight.dtype for m in mods):
+            return None
+        fused = nn.Linear(first.in_features, sum(sizes), bias=bias is not None, device="meta")
+        names = ["weight"]
+        tensors = {"weight": torch.cat([m.weight.detach() for m in mods])}
+    elif type(first) is Int8WeightOnlyLinear:
+        fused = Int8WeightOnlyLinear(first.in_features, sum(sizes), bias is not None)
+        names = ["qweight", "scales"]
+        tensors = {n: torch.cat([getattr(m, n) for m in mods]) for n in names}
+    elif type(first) is Int4WeightOnlyLinear:
+        if any(m.group_size != first.group_size for m in mods):
+            return None
+        fused = Int4WeightOnlyLinear(first.in_features, sum(sizes), bias is not None, first.group_size)
+        names = ["qweight", "scales", "mins"]
+        tensors = {n: torch.cat([getattr(m, n) for m in mods]) for n in names}
+    else:
+        return None
+    if bias is not None:
+        names.append("bias")
+        tensors["bias"] = bias
+
+    def bind(m: nn.Module, name: str, t: torch.Tensor) -> None:
+        if isinstance(getattr(m, name, None), nn.Parameter) or (type(m) is nn.Linear):
+            setattr(m, name, nn.Parameter(t, requires_grad=False))
+        else:
+            setattr(m, name, t)
+
+    for n in names:
+        bind(fused, n, tensors[n])
+        off = 0
+        for m, size in zip(mods, sizes, strict=True):
+            bind(m, n, tensors[n][off:off + size])
+            off += size
+    for m in (fused, *mods):
+        if isinstance(m, QuantModule):  # kernel layouts are rebuilt from the new storage on next call
+            m.__dict__.update({"_packed": None, "_sz": None, "_scales_bf16": None})
+    return fused
