@@ -27,29 +27,6 @@ RECIPES = ["fp16", "bf16", "int8-dynamic", "int8-weight-only", "int8-static", "i
            "int4-weight-only:g64", "int4-weight-only:g64,gptq", "qat:g64"]
 
 
-def memory_bandwidth(mb: int = 512, repeats: int = 5) -> dict[str, float]:
-    """Best-of-N read bandwidth (numpy sum over a large array) and copy bandwidth (torch), GB/s."""
-    import numpy as np
-    import torch
-
-    a = np.ones(mb * 2**20 // 8, dtype=np.float64)
-    a.sum()
-    read = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a.sum()
-        read.append(a.nbytes / (time.perf_counter() - t) / 1e9)
-    x = torch.ones(mb * 2**20 // 4)
-    y = torch.empty_like(x)
-    y.copy_(x)
-    copy = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        y.copy_(x)
-        copy.append(2 * x.numel() * 4 / (time.perf_counter() - t) / 1e9)  # read + write
-    return {"read_gb_s": max(read), "copy_gb_s": max(copy), "array_mb": mb}
-
-
 def weight_bytes(art: Any) -> int:
     """Bytes of weights one decode step reads: the safetensors payload (tied tensors stored once)."""
     return sum(p.stat().st_size for p in art.path.glob("*.safetensors"))
@@ -91,6 +68,7 @@ def main() -> None:
 
     from llmpress.cli.common import progress
     from llmpress.evaluate import EvalConfig, SpeedConfig, evaluate_artifact, measure_in_subprocess
+    from llmpress.evaluate.machine import memory_bandwidth
     from llmpress.plan.recipes import RecipeContext, run_recipe, split_recipes
     from llmpress.report.tables import markdown_table
     from llmpress.sources import resolve
@@ -108,7 +86,7 @@ def main() -> None:
         hf_b1 = hf["decode"]["b1"]["tok_s"]["median"]
         base = evaluate_artifact(src, cfg, progress=p)
         base_ppl = base["quality"]["perplexity"]
-        rows.append(row("fp32 (lean loop)", src, base, base_ppl, hf_b1, bw["read_gb_s"]))
+        rows.append(row(f"fp32 ({base['speed']['runner']})", src, base, base_ppl, hf_b1, bw["read_gb_s"]))
         hf_row = row("fp32 (HF generate)", src, {"quality": base["quality"], "speed": hf}, base_ppl, hf_b1,
                      bw["read_gb_s"])
         rows.insert(0, hf_row)
@@ -137,8 +115,8 @@ def main() -> None:
               100 * r["b1_fraction_of_limit"] if r["b1_fraction_of_limit"] else None] for r in rows]
     md = [f"# Quantization benchmark: {args.model} on {args.data}", "",
           f"Eval: {args.max_tokens} tokens of the eval split (window 512, stride 256). Decode: {args.new_tokens} new "
-          f"tokens, median of {args.repeats}, lean greedy loop unless noted; `b1 × HF fp32` divides by HF "
-          f"`generate()` fp32 b1 = {hf_b1:.1f} tok/s measured in this run. Memory bandwidth (numpy sum, best of 5): "
+          f"tokens, median of {args.repeats}, through the llmpress engine (what `llmpress serve` runs) unless noted; `b1 × HF fp32` divides by HF "
+          f"`generate()` fp32 b1 = {hf_b1:.1f} tok/s measured in this run. Memory bandwidth (torch sum over 512 MB, all threads, best of 5): "
           f"{bw['read_gb_s']:.1f} GB/s read, {bw['copy_gb_s']:.1f} GB/s copy; the bandwidth limit is read GB/s / "
           f"weight bytes per token. {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"run took {result['seconds'] / 60:.1f} min.", "", markdown_table(headers, table)]
