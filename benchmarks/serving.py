@@ -5,18 +5,22 @@ output lengths, streaming, ignore_eos) the aggregate output tok/s, TTFT p50/p99 
 HF `generate()` serving the same requests one at a time and in static batches of 32; the engine's
 own batch-1 decode speed and TTFT (to isolate server overhead); and memory bandwidth, so batch-1
 decode can be stated as a fraction of the bandwidth limit (weight bytes read per token).
-Never asserts time. Run under `flock /tmp/llmpress-bench.lock`.
+The server is `llmpress serve` in its own process, as deployed; the load generator (httpx, asyncio)
+runs in this one. Never asserts time. Run under `flock /tmp/llmpress-bench.lock`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
+import signal
 import socket
 import statistics
-import threading
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -78,21 +82,41 @@ def hf_static_batches(model: Any, prompts: list[list[int]], out_len: int, batch:
     return {"requests": len(prompts), "batch": batch, "output_tokens": toks, "seconds": dt, "tok_s": toks / dt}
 
 
-def start_server(engine: Any, name: str) -> tuple[str, Any, threading.Thread]:
-    import uvicorn
+def start_server(model_ref: str, args: argparse.Namespace) -> tuple[str, subprocess.Popen]:
+    """`llmpress serve` in its own process on a free loopback port (as deployed: the client load
+    generator must not share the server's GIL); returns once /ready answers 200."""
+    import httpx
 
-    from llmpress.server import ServerConfig, create_app
-
-    app = create_app(engine, ServerConfig(model_name=name, auth=False))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    while not srv.started:
-        time.sleep(0.02)
-    return f"http://127.0.0.1:{port}", srv, th
+    cmd = [sys.executable, "-m", "llmpress.cli.main", "serve", model_ref, "--host", "127.0.0.1", "--port", str(port),
+           "--no-auth", "--max-batch", "32", "--max-tokens-per-step", str(args.step_tokens),
+           "--kv-cache-mb", str(args.kv_cache_mb), "--no-prefix-caching", "--log-level", "warning"]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"llmpress serve exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
+        try:
+            if httpx.get(url + "/ready", timeout=2).status_code == 200:
+                return url, proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise SystemExit("llmpress serve did not become ready in 300 s")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGINT)  # graceful: drains in-flight requests
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 async def http_load(url: str, name: str, prompts: list[list[int]], out_len: int, concurrency: int) -> dict[str, Any]:
@@ -153,37 +177,42 @@ def engine_batch1(engine: Any, prompt: list[int], out_len: int, reps: int = 2) -
     return best
 
 
-def bench_model(label: str, model: Any, tok: Any, args: argparse.Namespace, bw: float,
-                hf_ref: dict[str, Any] | None) -> dict[str, Any]:
+def bench_model(label: str, art: Any, args: argparse.Namespace, bw: float, hf_ref: dict[str, Any]) -> dict[str, Any]:
+    """The engine in this process at batch 1 (its own TTFT and decode), then the same artifact
+    behind `llmpress serve` with 1 / 8 / 32 concurrent streaming HTTP clients."""
     from llmpress.engine import EngineConfig, LLMEngine
     from llmpress.evaluate.machine import weight_bytes
 
+    model, tok = art.load_model(), art.load_tokenizer()
     engine = LLMEngine(model, tok, EngineConfig(max_batch=32, max_tokens_per_step=args.step_tokens,
                                                 kv_cache_mb=args.kv_cache_mb, enable_prefix_caching=False))
     p = prompts_for(tok, 64, args.prompt_len)
-    res: dict[str, Any] = {"label": label, "weight_bytes": weight_bytes(model)}
+    res: dict[str, Any] = {"label": label, "artifact": art.id, "weight_bytes": weight_bytes(model)}
     engine_batch1(engine, p[0], 4, reps=1)  # warm-up
     res["engine_batch1"] = e1 = engine_batch1(engine, p[1], args.output_len)
     res["engine_batch1"]["bandwidth_limit_tok_s"] = lim = bw * 1e9 / res["weight_bytes"]
     res["engine_batch1"]["fraction_of_bandwidth_limit"] = e1["decode_tok_s"] / lim
-    url, srv, th = start_server(engine, label)
+    e1["x_hf_batch1"] = e1["decode_tok_s"] / hf_ref["batch1_decode_tok_s"]
+    del engine, model
+    gc.collect()
+    url, proc = start_server(str(art.path), args)
     try:
+        import httpx
+
+        served = httpx.get(url + "/v1/models", timeout=10).json()["data"][0]["id"]
+        asyncio.run(http_load(url, served, p[:2], 4, 2))  # warm-up
         res["http"] = {}
         for c in args.concurrency:
             n = max(c, args.requests_min if c > 1 else args.requests_batch1)
-            res["http"][str(c)] = asyncio.run(http_load(url, label, p[:n], args.output_len, c))
-            print(f"  {label} c={c}: {res['http'][str(c)]['tok_s']:.1f} tok/s", flush=True)
-    finally:
-        srv.should_exit = True
-        th.join(60)
-    if hf_ref:
-        h1 = res["http"].get("1")
-        if h1:
-            res["server_overhead_ttft_ms"] = h1["ttft_p50_ms"] - e1["ttft_ms"]
-        for _c, r in res["http"].items():
+            r = res["http"][str(c)] = asyncio.run(http_load(url, served, p[:n], args.output_len, c))
             r["x_hf_static32"] = r["tok_s"] / hf_ref["static32"]["tok_s"]
             r["x_hf_one_at_a_time"] = r["tok_s"] / hf_ref["one_at_a_time"]["tok_s"]
-        e1["x_hf_batch1"] = e1["decode_tok_s"] / hf_ref["batch1_decode_tok_s"]
+            print(f"  {label} c={c}: {r['tok_s']:.1f} tok/s", flush=True)
+    finally:
+        stop_server(proc)
+    h1 = res["http"].get("1")
+    if h1:
+        res["server_overhead_ttft_ms"] = h1["ttft_p50_ms"] - e1["ttft_ms"]
     return res
 
 
@@ -224,15 +253,14 @@ def main() -> None:
           flush=True)
     result: dict[str, Any] = {"model": args.model, "prompt_len": args.prompt_len, "output_len": args.output_len,
                               "threads": torch.get_num_threads(), "bandwidth_gbs": bw, "hf_fp32": hf, "engine": []}
-    result["engine"].append(bench_model("fp32", model, tok, args, bw, hf))
+    del model
+    gc.collect()
+    result["engine"].append(bench_model("fp32", art, args, bw, hf))
     if not args.no_int8:
-        try:
-            from llmpress.compress.quantize import build_quantized, make_config
-        except ImportError:
-            print("  (llmpress.compress.quantize not available: int8 skipped)")
-        else:
-            q = build_quantized(art, make_config("int8-weight-only"))
-            result["engine"].append(bench_model("int8-weight-only", q.model, tok, args, bw, hf))
+        from llmpress.compress.quantize import make_config, quantize
+
+        q = quantize(art, make_config("int8-weight-only"))
+        result["engine"].append(bench_model("int8-weight-only", q, args, bw, hf))
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -323,3 +323,40 @@ def test_bounded_queue_answers_503_with_retry_after(tiny):
         srv.server.should_exit = True
         srv.thread.join(60)
     assert results == [200, 200]
+
+
+def test_llmpress_serve_process_answers_and_stops_on_sigterm(tiny):
+    """`llmpress serve` as users run it: its own process, engine loop on the main thread, uvicorn in a
+    helper thread; it answers over HTTP, then SIGTERM drains and exits 0, and a busy port is one clear line."""
+    import signal
+    import subprocess
+    import sys
+
+    port = _free_port()
+    cmd = [sys.executable, "-m", "llmpress.cli.main", "serve", str(tiny.path), "--port", str(port), "--no-auth",
+           "--kv-cache-mb", "16", "--log-level", "warning"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "llmpress serve did not become ready"
+            try:
+                if httpx.get(url + "/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        name = httpx.get(url + "/v1/models").json()["data"][0]["id"]
+        r = httpx.post(url + "/v1/completions", json={"model": name, "prompt": "Hello", "max_tokens": 5,
+                                                      "temperature": 0, "ignore_eos": True}, timeout=60)
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 5
+        busy = subprocess.run(cmd, capture_output=True, text=True, timeout=120)  # same port, taken
+        assert busy.returncode != 0
+        assert "could not start" in busy.stderr + busy.stdout and "Traceback" not in busy.stderr
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

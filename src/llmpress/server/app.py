@@ -109,6 +109,7 @@ def create_app(engine: LLMEngine, config: ServerConfig) -> FastAPI:
 
     app = FastAPI(title="llmpress", version="0.1", lifespan=lifespan)
     app.state.engine = engine
+    app.state.engine_thread = thread
     app.state.metrics = metrics
     app.state.server_state = state
 
