@@ -34,7 +34,7 @@ METHODS: dict[str, dict] = {
 }
 
 
-def worker(method: str, steps: int, seq_len: int, batch: int, out: Path) -> None:
+def worker(method: str, steps: int, seq_len: int, batch: int, out: Path, checkpointing: bool = False) -> None:
     """Run one method in this (fresh) process and write its numbers to `out`."""
     from llmpress.sources import resolve
     from llmpress.tune.config import TrainConfig
@@ -46,7 +46,7 @@ def worker(method: str, steps: int, seq_len: int, batch: int, out: Path) -> None
     t0 = time.perf_counter()
     art = tune_artifact(base, method, DATA, spec["params"],
                         TrainConfig(max_steps=steps, lr=spec["lr"], batch_size=batch, seq_len=seq_len,
-                                    eval_every=steps, max_eval=None, seed=0),
+                                    eval_every=steps, max_eval=None, seed=0, gradient_checkpointing=checkpointing),
                         name=f"bench-smollm2-{method}")
     m = dict(art.manifest.metrics["tune"])
     m.update(artifact=art.id, wall_seconds=round(time.perf_counter() - t0, 1),
@@ -58,8 +58,9 @@ def worker(method: str, steps: int, seq_len: int, batch: int, out: Path) -> None
 def markdown(rows: dict[str, dict], checks: dict, args: argparse.Namespace) -> str:
     lines = [f"# Fine-tuning SmolLM2-135M on {DATA}", "",
              f"{args.steps} optimizer steps, batch {args.batch}, seq len {args.seq_len}, seed 0, "
-             f"bf16 autocast {'on' if next(iter(rows.values()))['bf16'] else 'off'}, 2-core CPU shared with other jobs "
-             "(speeds are indicative). Each method in its own process; peak RSS = that process's ru_maxrss.", "",
+             f"bf16 autocast {'on' if next(iter(rows.values()))['bf16'] else 'off'}, gradient checkpointing "
+             f"{'on' if args.gradient_checkpointing else 'off'} (every method), 2-core CPU. Each method in its own "
+             "process; peak RSS = that process's ru_maxrss.", "",
              "| method | lr | trainable params | trainable % | peak RSS (MB) | peak RSS vs full | steps/s | "
              "eval loss before | eval loss after | vs full | artifact MB |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -83,20 +84,23 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--gradient-checkpointing", action="store_true", help="for every method (fair memory comparison)")
+    ap.add_argument("--tag", default="", help="suffix of the result files (results<tag>.json / .md)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        worker(args.worker, args.steps, args.seq_len, args.batch, Path(args.worker_out))
+        worker(args.worker, args.steps, args.seq_len, args.batch, Path(args.worker_out), args.gradient_checkpointing)
         return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     OUT.mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict] = {}
     for method in args.methods.split(","):
-        part = OUT / f"{method}.json"
+        part = OUT / f"{method}{args.tag}.json"
         print(f"[tuning] {method}: {args.steps} steps ...", file=sys.stderr, flush=True)
         subprocess.run([sys.executable, __file__, "--worker", method, "--worker-out", str(part),
-                        "--steps", str(args.steps), "--seq-len", str(args.seq_len), "--batch", str(args.batch)],
+                        "--steps", str(args.steps), "--seq-len", str(args.seq_len), "--batch", str(args.batch)]
+                       + (["--gradient-checkpointing"] if args.gradient_checkpointing else []),
                        check=True)
         rows[method] = json.loads(part.read_text())
         r = rows[method]
@@ -119,10 +123,10 @@ def main() -> None:
                               "measured": f"{loss:+.1%} ({lo['eval_loss_after']:.3f} vs {fu['eval_loss_after']:.3f})",
                               "met": abs(loss) <= 0.05 or loss < 0}
     result = {"model": MODEL, "data": DATA, "steps": args.steps, "seq_len": args.seq_len, "batch": args.batch,
-              "methods": rows, "checks": checks}
-    (OUT / "results.json").write_text(json.dumps(result, indent=2, default=str))
+              "gradient_checkpointing": args.gradient_checkpointing, "methods": rows, "checks": checks}
+    (OUT / f"results{args.tag}.json").write_text(json.dumps(result, indent=2, default=str))
     md = markdown(rows, checks, args)
-    (OUT / "results.md").write_text(md)
+    (OUT / f"results{args.tag}.md").write_text(md)
     print(md)
 
 

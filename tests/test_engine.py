@@ -7,8 +7,8 @@ import copy
 import pytest
 import torch
 
-from llmpress.engine import LLM, EngineConfig, LLMEngine, OverloadedError, SamplingParams
-from llmpress.errors import ConfigError, DataError, SourceError
+from llmpress.engine import LLM, EngineConfig, LLMEngine, SamplingParams
+from llmpress.errors import ConfigError, DataError, OverloadedError, SourceError
 
 PROMPTS = ["Hello, my name is", "The quick brown fox jumps over the lazy dog and then runs into the forest where",
            "def fibonacci(n):", "Paris", "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20"]

@@ -46,7 +46,8 @@ def test_keys_cli_lifecycle(cli, fresh_registry):
 
 
 def test_verify_and_usage(fresh_registry):
-    from llmpress.registry.keys import AuthError, KeyStore
+    from llmpress.errors import AuthError
+    from llmpress.registry.keys import KeyStore
 
     ks = KeyStore(fresh_registry)
     info, secret = ks.create("svc", scopes=["chat"], tokens_per_minute=100)

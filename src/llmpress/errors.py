@@ -66,3 +66,39 @@ class RegistryError(LlmpressError):
 
     exit_code = 7
     http_status = 409
+
+
+# -- serving: raised by the engine, the key store and the rate limiter, answered over HTTP --------
+class AuthError(LlmpressError):
+    """Missing, unknown, revoked or expired API key."""
+
+    exit_code = 8
+    http_status = 401
+    error_type = "authentication_error"
+
+
+class PermissionDeniedError(LlmpressError):
+    """A valid key without the scope an endpoint needs, or with its token budget spent."""
+
+    exit_code = 8
+    http_status = 403
+    error_type = "permission_error"
+
+
+class OverloadedError(LlmpressError):
+    """The bounded request queue is full: the server answers 429/503 with Retry-After."""
+
+    http_status = 503
+    error_type = "overloaded_error"
+
+
+class RateLimitError(LlmpressError):
+    """A per-key request or token rate, or the token budget, is exceeded; `retry_after` seconds."""
+
+    http_status = 429
+    error_type = "rate_limit_error"
+
+    def __init__(self, message: str, fix: str | None = None, *, retry_after: float = 1.0,
+                 param: str | None = None) -> None:
+        super().__init__(message, fix, param=param)
+        self.retry_after = retry_after

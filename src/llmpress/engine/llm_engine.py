@@ -22,16 +22,9 @@ from llmpress.engine.model_runner import ModelRunner, check_context
 from llmpress.engine.sampler import sample, top_logprobs
 from llmpress.engine.scheduler import Scheduler, SchedulerConfig
 from llmpress.engine.sequence import SamplingParams, Sequence
-from llmpress.errors import ConfigError, DataError, LlmpressError
+from llmpress.errors import ConfigError, DataError, OverloadedError
 
 log = logging.getLogger("llmpress.engine")
-
-
-class OverloadedError(LlmpressError):
-    """The bounded request queue is full: the server answers 429/503 with Retry-After."""
-
-    http_status = 503
-    error_type = "overloaded_error"
 
 
 @dataclass

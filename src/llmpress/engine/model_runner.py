@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from llmpress.compress.quantize.layers import fuse_linears
+from llmpress.compress.quantize.layers import direct_linear, fuse_linears
 from llmpress.engine.sequence import Sequence
 from llmpress.errors import ConfigError, SourceError
 
@@ -99,22 +99,35 @@ class ModelRunner:
         weight bytes on a CPU; this removes ~20 of ~50 ops per layer and changes no result."""
         self.qkv: list[Any] = []
         self.gate_up: list[Any] = []
+        self.o_proj: list[Any] = []
+        self.down: list[Any] = []
+        fast = (lambda m: direct_linear(m) or m) if self.dtype == torch.float32 else (lambda m: m)
         for layer in self.layers:
             a, mlp = layer.self_attn, layer.mlp
-            self.qkv.append(fuse_linears([a.q_proj, a.k_proj, a.v_proj]))
+            f = fuse_linears([a.q_proj, a.k_proj, a.v_proj])
+            self.qkv.append(fast(f) if f is not None else None)
             ok = all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj", "act_fn"))
-            self.gate_up.append(fuse_linears([mlp.gate_proj, mlp.up_proj]) if ok else None)
+            f = fuse_linears([mlp.gate_proj, mlp.up_proj]) if ok else None
+            self.gate_up.append(fast(f) if f is not None else None)
+            self.o_proj.append(fast(a.o_proj))
+            self.down.append(fast(mlp.down_proj) if ok else None)
         self.norms = [(_rms(layer.input_layernorm), _rms(layer.post_attention_layernorm)) for layer in self.layers]
         self.final_norm = _rms(self.inner.norm)
 
-    def _attn_in(self, li: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _attn_in(self, li: int, x: torch.Tensor, cos: torch.Tensor,
+                 sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k (rotary applied) and v as [T, heads, head_dim]."""
         a, hd = self.layers[li].self_attn, self.head_dim
         f = self.qkv[li]
         if f is None:
-            return a.q_proj(x).view(len(x), -1, hd), a.k_proj(x).view(len(x), -1, hd), a.v_proj(x).view(len(x), -1, hd)
+            q, k = a.q_proj(x).view(len(x), -1, hd), a.k_proj(x).view(len(x), -1, hd)
+            v = a.v_proj(x).view(len(x), -1, hd)
+            return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin, v
         y = f(x).view(len(x), -1, hd)
         nq, nk = self.n_heads[li], self.n_kv[li]
-        return y[:, :nq], y[:, nq:nq + nk], y[:, nq + nk:]
+        qk = y[:, :nq + nk]  # q and k heads rotate together: one set of ops instead of two
+        qk = qk * cos + _rotate_half(qk) * sin
+        return qk[:, :nq], qk[:, nq:], y[:, nq + nk:]
 
     def _mlp(self, li: int, x: torch.Tensor) -> torch.Tensor:
         mlp = self.layers[li].mlp
@@ -122,7 +135,7 @@ class ModelRunner:
         if f is None:
             return mlp(x)
         g, u = f(x).chunk(2, dim=-1)
-        return mlp.down_proj(mlp.act_fn(g) * u)
+        return self.down[li](mlp.act_fn(g) * u)
 
     # -- input preparation ------------------------------------------------------------
     def _slots(self, seq: Sequence, start: int, end: int) -> torch.Tensor:
@@ -186,12 +199,9 @@ class ModelRunner:
         cos, sin = self.inner.rotary_emb(h, pos[None])
         cos, sin = cos[0, :, None, :].to(self.dtype), sin[0, :, None, :].to(self.dtype)
         hd = self.head_dim
-        for li, layer in enumerate(self.layers):
-            a = layer.self_attn
+        for li in range(len(self.layers)):
             norm_in, norm_post = self.norms[li]
-            q, k, v = self._attn_in(li, norm_in(h))
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
+            q, k, v = self._attn_in(li, norm_in(h), cos, sin)
             kc, vc = self.k_cache[li], self.v_cache[li]
             kc.index_copy_(0, slots, k)
             vc.index_copy_(0, slots, v)
@@ -217,7 +227,7 @@ class ModelRunner:
                                                        enable_gqa=True)
                 outs.append(o[0].transpose(0, 1).reshape(n, -1))
             attn = outs[0] if len(outs) == 1 else torch.cat(outs)
-            h = h + a.o_proj(attn)
+            h = h + self.o_proj[li](attn)
             h = h + self._mlp(li, norm_post(h))
         if not rows:
             return torch.empty(0, 0), spans

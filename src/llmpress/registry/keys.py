@@ -16,27 +16,11 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from llmpress.errors import ConfigError, LlmpressError, NotFoundError
+from llmpress.errors import AuthError, ConfigError, NotFoundError
 from llmpress.registry import Registry, get_registry
 from llmpress.registry.tables import ApiKeyRow, DeploymentRow, UsageRow
 
 SCOPES = ("completions", "chat", "models", "admin")
-
-
-class AuthError(LlmpressError):
-    """Missing, unknown, revoked or expired API key."""
-
-    exit_code = 8
-    http_status = 401
-    error_type = "authentication_error"
-
-
-class PermissionDeniedError(LlmpressError):
-    """A valid key without the scope an endpoint needs, or with its token budget spent."""
-
-    exit_code = 8
-    http_status = 403
-    error_type = "permission_error"
 
 
 @dataclass

@@ -23,10 +23,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from llmpress.engine import EngineThread, LLMEngine, OverloadedError, SamplingParams, Sequence
-from llmpress.errors import DataError, LlmpressError, NotFoundError
-from llmpress.registry.keys import SCOPES, KeyInfo, KeyStore, PermissionDeniedError
-from llmpress.server.limits import RateLimiter, RateLimitError
+from llmpress.engine import EngineThread, LLMEngine, SamplingParams, Sequence
+from llmpress.errors import (
+    DataError,
+    LlmpressError,
+    NotFoundError,
+    OverloadedError,
+    PermissionDeniedError,
+    RateLimitError,
+)
+from llmpress.registry.keys import SCOPES, KeyInfo, KeyStore
+from llmpress.server.limits import RateLimiter
 from llmpress.server.metrics import Metrics
 from llmpress.server.schemas import (
     ChatChoice,

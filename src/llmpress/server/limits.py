@@ -10,20 +10,13 @@ import threading
 import time
 from collections import deque
 
-from llmpress.errors import LlmpressError
+from llmpress.errors import RateLimitError
 from llmpress.registry.keys import KeyInfo
 
 WINDOW = 60.0
 
 
-class RateLimitError(LlmpressError):
-    http_status = 429
-    error_type = "rate_limit_error"
 
-    def __init__(self, message: str, fix: str | None = None, *, retry_after: float = 1.0,
-                 param: str | None = None) -> None:
-        super().__init__(message, fix, param=param)
-        self.retry_after = retry_after
 
 
 class RateLimiter:

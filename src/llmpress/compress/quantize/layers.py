@@ -478,3 +478,23 @@ def fuse_linears(mods: list[nn.Module]) -> nn.Module | None:
         if isinstance(m, QuantModule):  # kernel layouts are rebuilt from the new storage on next call
             m.__dict__.update({"_packed": None, "_sz": None, "_scales_bf16": None})
     return fused
+
+
+def direct_linear(mod: nn.Module) -> Any:
+    """For a float32 caller with 2-D contiguous activations: a function that calls our kernel directly
+    (skipping the module call, reshapes and dtype casts) for decode-sized inputs, or None when `mod`
+    has no such path. Same result as `mod(x)`: it is the very call `forward` makes."""
+    if not isinstance(mod, Int8WeightOnlyLinear | Int4WeightOnlyLinear) or mod.bias is not None:
+        return None
+    mod.prepare()
+    kern = mod._kern
+    if kern is None:
+        return None
+    rows = KERNEL_MAX_ROWS
+    if isinstance(mod, Int8WeightOnlyLinear):
+        q8, s8 = mod.qweight, mod.scales
+        return lambda x: kern.int8_linear(x, q8, s8) if x.shape[0] <= rows else mod(x)
+    q4, sz, g = mod._packed, mod._sz, mod.group_size
+    assert sz is not None
+    sc, mn = sz[0], sz[1]
+    return lambda x: kern.int4_linear(x, q4, sc, mn, g) if x.shape[0] <= rows else mod(x)
