@@ -24,7 +24,7 @@ def serve_on_main_thread(app: Any, config: Any) -> None:
 
     def on_signal(signum: int, frame: Any) -> None:
         server.should_exit = True
-        engine_thread._wake.set()
+        engine_thread.wake()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -306,6 +306,10 @@ class EngineThread:
         self.engine.abort(seq)
         self._wake.set()
 
+    def wake(self) -> None:
+        """Make an idle loop look at its state now (new work, or a stop request) instead of in 0.5 s."""
+        self._wake.set()
+
     def stop(self, timeout: float = 30.0) -> None:
         self._stop = True
         self._wake.set()

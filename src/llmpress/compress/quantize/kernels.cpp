@@ -136,6 +136,20 @@ inline void by_rows(int64_t rows, int64_t nr, F&& f) {
   }
 }
 
+// Weight rows split across threads; per thread, blocks of NB weight rows (1 for the tail), each
+// against the activation rows in chunks of MB: f(n, m0, R, NR) computes one such block.
+template <typename F>
+void for_blocks(int64_t N, int64_t M, F&& f) {
+  at::parallel_for(0, N, 64, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1;) {
+      const int64_t nr = n + NB <= n1 ? NB : 1;
+      for (int64_t m0 = 0; m0 < M; m0 += MB)
+        by_rows(std::min(MB, M - m0), nr, [&](auto R, auto NR) { f(n, m0, R, NR); });
+      n += nr;
+    }
+  });
+}
+
 void check_x(const torch::Tensor& x, int64_t K) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32, "x must be float32 [M, K]");
   TORCH_CHECK(x.size(1) == K, "x has ", x.size(1), " columns, the weight ", K);
@@ -156,15 +170,8 @@ torch::Tensor int8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor s) {
   const int8_t* Q = q.data_ptr<int8_t>();
   const float* S = s.data_ptr<float>();
   float* Y = y.data_ptr<float>();
-  at::parallel_for(0, N, 64, [&](int64_t n0, int64_t n1) {
-    for (int64_t n = n0; n < n1;) {
-      const int64_t nr = n + NB <= n1 ? NB : 1;
-      for (int64_t m0 = 0; m0 < M; m0 += MB)
-        by_rows(std::min(MB, M - m0), nr, [&](auto R, auto NR) {
-          int8_rows<decltype(R)::value, decltype(NR)::value>(X + m0 * K, K, Q + n * K, S + n, Y + m0 * N + n, N);
-        });
-      n += nr;
-    }
+  for_blocks(N, M, [&](int64_t n, int64_t m0, auto R, auto NR) {
+    int8_rows<decltype(R)::value, decltype(NR)::value>(X + m0 * K, K, Q + n * K, S + n, Y + m0 * N + n, N);
   });
   return y;
 }
@@ -186,16 +193,9 @@ torch::Tensor int4_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scales
   const float* SC = scales.data_ptr<float>();
   const float* MN = mins.data_ptr<float>();
   float* Y = y.data_ptr<float>();
-  at::parallel_for(0, N, 64, [&](int64_t n0, int64_t n1) {
-    for (int64_t n = n0; n < n1;) {
-      const int64_t nr = n + NB <= n1 ? NB : 1;
-      for (int64_t m0 = 0; m0 < M; m0 += MB)
-        by_rows(std::min(MB, M - m0), nr, [&](auto R, auto NR) {
-          int4_rows<decltype(R)::value, decltype(NR)::value>(X + m0 * K, K, group, Q + n * (K / 2), SC + n * NG,
-                                                             MN + n * NG, Y + m0 * N + n, N);
-        });
-      n += nr;
-    }
+  for_blocks(N, M, [&](int64_t n, int64_t m0, auto R, auto NR) {
+    int4_rows<decltype(R)::value, decltype(NR)::value>(X + m0 * K, K, group, Q + n * (K / 2), SC + n * NG,
+                                                       MN + n * NG, Y + m0 * N + n, N);
   });
   return y;
 }
