@@ -149,8 +149,8 @@ def test_empty_data_writes_nothing(tiny, tmp_path):
     assert _artifact_dirs() == before
 
 
-@pytest.mark.parametrize("multi", [False, True])
-def test_classification_distillation_trains_student_not_teacher(tiny, multi):
+@pytest.mark.parametrize("multi,bf16", [(False, True), (True, False)])
+def test_classification_distillation_trains_student_not_teacher(tiny, multi, bf16):
     from transformers import AutoModelForSequenceClassification
 
     tok = tiny.load_tokenizer()
@@ -165,8 +165,8 @@ def test_classification_distillation_trains_student_not_teacher(tiny, multi):
     t_before = {k: v.clone() for k, v in teacher.state_dict().items()}
     s_before = student.score.weight.detach().clone()
     stats = train(student, rows, task="multi-label" if multi else "single-label", pad_id=tok.pad_token_id,
-                  teacher=teacher, alpha=0.5, temperature=2.0, epochs=1, batch_size=3, lr=1e-3)
-    assert stats["steps"] == 2 and math.isfinite(stats["train_loss"])
+                  teacher=teacher, alpha=0.5, temperature=2.0, epochs=1, batch_size=3, lr=1e-3, bf16=bf16)
+    assert stats["steps"] == 2 and math.isfinite(stats["train_loss"]) and stats["bf16"] is bf16
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in t_before.items())
     assert not teacher.training
     assert not torch.equal(student.score.weight, s_before)

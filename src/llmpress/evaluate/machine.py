@@ -1,4 +1,4 @@
-"""What this machine can do: memory bandwidth, and the decode ceiling it sets.
+"""What this machine can do: memory bandwidth, the decode ceiling it sets, and native bf16.
 
 Batch-1 decode reads every weight byte once per token, so `bandwidth / weight bytes` is the
 tok/s no runner can beat; benchmarks state their batch-1 numbers as a fraction of it.
@@ -7,6 +7,7 @@ tok/s no runner can beat; benchmarks state their batch-1 numbers as a fraction o
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 
@@ -42,3 +43,17 @@ def weight_bytes(model: Any) -> int:
         seen.add(t.data_ptr())
         total += t.numel() * t.element_size()
     return total
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU has AMX bf16 tiles, where bf16 autocast pays off.
+
+    Measured on this project's 2-core AMX machine (idle): a 512x576 @ 576x1536 GEMM takes 1.2 ms in
+    bf16 against 5.9 ms in float32. AVX512-BF16 alone (no AMX) gives no such gain, and autocast's bf16
+    weight copies cost memory, so it stays off there. Training's `--bf16 on|off` overrides.
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags

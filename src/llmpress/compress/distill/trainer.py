@@ -1,6 +1,9 @@
 """Distillation on the Hugging Face Trainer: the seeds' DistillationTrainingArguments /
 DistillationTrainer idea, with the teacher frozen in eval mode under no_grad, optional cached
 teacher logits (compute the teacher once, reuse every epoch), and rich progress.
+
+bf16 autocast is on by default where the CPU has AMX (`evaluate.machine.cpu_has_bf16`): the
+student's forward/backward and the teacher's forward run their matmuls in bf16, the loss in fp32.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ class DistillationTrainer(Trainer):
             if cached is not None:
                 t_logits = cached
             else:
-                with torch.no_grad():
+                with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(args.bf16)):
                     self.teacher.eval()
                     t_logits = self.teacher(**inputs).logits
             loss = distillation_loss(logits, t_logits, labels, args.alpha, args.temperature, args.task)
@@ -130,12 +133,17 @@ def collate(pad_id: int) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
 def train(model: Any, dataset: Any, *, task: str, pad_id: int, teacher: Any = None, alpha: float = 0.5,
           temperature: float = 2.0, epochs: float = 1.0, max_steps: int = -1, batch_size: int = 8,
           lr: float = 5e-5, seed: int = 0, progress: Any = None, description: str = "train",
-          on_epoch_end: Callable[[int, Any], None] | None = None, weight_decay: float = 0.0) -> dict[str, Any]:
-    """Train `model` in place on `dataset` (a list of dicts) with the distillation loss; returns stats."""
+          on_epoch_end: Callable[[int, Any], None] | None = None, weight_decay: float = 0.0,
+          bf16: bool | None = None) -> dict[str, Any]:
+    """Train `model` in place on `dataset` (a list of dicts) with the distillation loss; returns stats.
+    `bf16` None means autocast where the CPU has AMX bf16, False / True force it off / on."""
+    from llmpress.evaluate.machine import cpu_has_bf16
+
     if task not in TASKS:
         raise ConfigError(f"unknown task {task!r}", f"use one of {', '.join(TASKS)}")
     if dataset is None or len(dataset) == 0:
         raise DataError("the training data is empty", "pass a corpus or labeled set with some examples")
+    use_bf16 = cpu_has_bf16() if bf16 is None else bf16
     callbacks: list[TrainerCallback] = [RichProgress(progress, description)]
     if on_epoch_end is not None:
         callbacks.append(EpochHook(on_epoch_end))
@@ -145,11 +153,11 @@ def train(model: Any, dataset: Any, *, task: str, pad_id: int, teacher: Any = No
             learning_rate=lr, weight_decay=weight_decay, lr_scheduler_type="linear", warmup_steps=0,
             logging_steps=5, save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True,
             remove_unused_columns=False, dataloader_num_workers=0, seed=seed, alpha=alpha,
-            temperature=temperature, task=task)
+            temperature=temperature, task=task, bf16=use_bf16)
         trainer = DistillationTrainer(model=model, args=args, train_dataset=dataset, data_collator=collate(pad_id),
                                       teacher=teacher, callbacks=callbacks)
         trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout; we show rich progress
         result = trainer.train()
     model.eval()
     return {"train_loss": round(float(result.training_loss), 5), "steps": int(result.global_step),
-            "runtime_s": round(float(result.metrics.get("train_runtime", 0.0)), 2)}
+            "runtime_s": round(float(result.metrics.get("train_runtime", 0.0)), 2), "bf16": use_bf16}
