@@ -59,6 +59,26 @@ def test_structured_forward_matches_masked_reference(tiny_model):
         assert len([h for h in kept if h < 2]) == 1 and len([h for h in kept if h >= 2]) == 1
 
 
+def test_reconstruction_refits_to_the_parents_outputs(tiny_model):
+    model, tok = tiny_model
+    texts = ["Pack my box with five dozen liquor jugs; the quick brown fox jumps over the lazy dog. " * 30]
+    batches = calibration_windows(tok, texts, 4, 32)
+    cal = st.calibrate(model, batches)
+    plan = st.plan(model, 0.5, 0.5, cal.head_scores, cal.neuron_scores)
+    cut = st.apply(model, plan)
+    fitted = st.apply(model, plan)
+    st.reconstruct(fitted, model, plan, cal, damp=1e-4)
+    e_cut = st.layer_output_error(cut, model, plan, batches)
+    e_fit = st.layer_output_error(fitted, model, plan, batches)
+    assert e_fit < 0.8 * e_cut, (e_cut, e_fit)
+    # shapes unchanged by the refit, and a refit that keeps every input returns the weight itself
+    assert fitted.config.intermediate_size == cut.config.intermediate_size
+    w = model.model.layers[0].mlp.down_proj.weight
+    full = torch.arange(w.shape[1])
+    x = torch.randn(4096, w.shape[1], dtype=torch.float64)
+    assert torch.allclose(st.refit(w, x.T @ x / len(x), full, damp=1e-9), w, atol=1e-5)
+
+
 def test_structured_artifact_reloads_smaller(tiny):
     art = prune(tiny, PruneConfig(method="structured", heads="50%", mlp="25%", calibration_samples=2, seq_len=32))
     assert art.manifest.parent == tiny.id and art.manifest.step.name == "prune"

@@ -19,9 +19,11 @@ def register(app: typer.Typer) -> None:
         heads: str = typer.Option(None, "--heads", help="structured: fraction of attention heads removed"),
         mlp: str = typer.Option(None, "--mlp", help="structured: fraction of MLP neurons removed"),
         layers: int = typer.Option(None, "--layers", help="layers: number of decoder layers dropped"),
+        reconstruct: bool = typer.Option(True, "--reconstruct/--no-reconstruct",
+                                         help="structured: refit o_proj/down_proj to the parent's outputs"),
         recover: int = typer.Option(0, "--recover", help="recovery distillation steps from the parent (0 = none)"),
         data: str = typer.Option("builtin:pydoc", "--data", help="calibration / recovery corpus"),
-        samples: int = typer.Option(16, "--calibration-samples", help="calibration windows"),
+        samples: int = typer.Option(64, "--calibration-samples", help="calibration windows"),
         seq_len: int = typer.Option(256, "--seq-len", help="tokens per calibration window"),
         name: str = typer.Option(None, "--name", help="name of the new artifact"),
         as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
@@ -33,6 +35,7 @@ def register(app: typer.Typer) -> None:
             from llmpress.sources import resolve
 
             cfg = PruneConfig(method=method, amount=amount, scope=scope, heads=heads, mlp=mlp, layers=layers,
+                              reconstruct=reconstruct,
                               data=data, calibration_samples=samples, seq_len=seq_len, recover_steps=recover,
                               name=name).validate()
             parent = resolve(model)

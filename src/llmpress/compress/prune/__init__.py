@@ -39,7 +39,8 @@ def _unstructured(model: Any, cfg: PruneConfig, batches: Any, progress: Any) -> 
 def _structured(model: Any, cfg: PruneConfig, batches: Any, progress: Any) -> tuple[Any, dict[str, Any]]:
     from llmpress.compress.prune import structured
 
-    return structured.run(model, cfg.heads, cfg.mlp, batches, progress)  # type: ignore[arg-type]
+    return structured.run(model, cfg.heads, cfg.mlp, batches, progress,  # type: ignore[arg-type]
+                          reconstruct_outputs=cfg.reconstruct)
 
 
 def _nm(model: Any, cfg: PruneConfig, batches: Any, progress: Any) -> tuple[Any, dict[str, Any]]:

@@ -39,11 +39,13 @@ class PruneConfig:
     # structured: fraction of attention heads and of MLP intermediate neurons removed.
     heads: float | str | None = None
     mlp: float | str | None = None
+    # structured: refit o_proj / down_proj to the parent's outputs on the calibration data (least squares).
+    reconstruct: bool = True
     # layers: number of whole decoder layers dropped.
     layers: int | None = None
     # calibration data for importance, and how much of it.
     data: str = "builtin:pydoc"
-    calibration_samples: int = 16
+    calibration_samples: int = 64
     seq_len: int = 256
     # optional recovery: distillation from the parent for this many optimizer steps.
     recover_steps: int = 0

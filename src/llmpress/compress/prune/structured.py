@@ -11,6 +11,16 @@ plain `from_pretrained` every layer keeps the same shape: we remove the same num
 heads from *every* kv group in *every* layer, choosing which ones per group by importance,
 and keep all kv heads. MLP neurons: the same count per layer, chosen per layer.
 torch.nn.utils.prune only masks weights (nothing gets smaller), so the slicing is done here.
+
+Reconstruction (on by default): removing inputs of `o_proj` / `down_proj` does not change the
+inputs that stay (heads are independent given the kept kv heads; neurons are independent), so
+each projection can be refitted in closed form to what the parent's full projection produced
+on the calibration tokens:  W_kept' = W · C[:, K] · (C[K, K] + λI)⁻¹,  with C = E[x xᵀ] of the
+projection's input and K the kept inputs. This is the least-squares optimum for the layer's
+output given its input (the OBS / SparseGPT idea applied to whole columns); λ is a small
+fraction (1e-3) of the mean diagonal.
+Measured on SmolLM2-135M, heads 33 % + MLP 25 % cut, 64 calibration windows of 256 tokens:
+perplexity 12.56 -> 64.7 cut alone, 17.0 cut + refit, before any recovery training. The cut itself (`apply`) stays exact; `reconstruct` refits after.
 """
 
 from __future__ import annotations
@@ -43,8 +53,27 @@ def _shape(model: Any) -> tuple[int, int, int, int]:
     return n_heads, n_kv, head_dim, cfg.intermediate_size
 
 
+@dataclass
+class Calibration:
+    """What one pass over the calibration windows measured: importance per head / neuron and,
+    when asked, the second moment E[x xᵀ] of each layer's o_proj and down_proj input."""
+
+    head_scores: Any
+    neuron_scores: Any
+    attn_cov: list[Any] = field(default_factory=list)
+    mlp_cov: list[Any] = field(default_factory=list)
+    tokens: int = 0
+
+
 def importance_scores(model: Any, batches: Any, progress: Any = None) -> tuple[Any, Any]:
     """Per-layer head scores (L, H) and neuron scores (L, I) from forwards over calibration windows."""
+    cal = calibrate(model, batches, progress, covariance=False)
+    return cal.head_scores, cal.neuron_scores
+
+
+def calibrate(model: Any, batches: Any, progress: Any = None, covariance: bool = True) -> Calibration:
+    """One pass over the calibration windows: head / neuron importance, and the input second
+    moments `reconstruct` needs (float64, I x I per layer: 19 MB a layer for SmolLM2's MLP)."""
     import torch
 
     n_heads, _, head_dim, inter = _shape(model)
@@ -52,6 +81,9 @@ def importance_scores(model: Any, batches: Any, progress: Any = None) -> tuple[A
     L = len(layers)
     head_acc = torch.zeros(L, n_heads, dtype=torch.float64)
     neur_acc = torch.zeros(L, inter, dtype=torch.float64)
+    attn_cov = [torch.zeros(n_heads * head_dim, n_heads * head_dim, dtype=torch.float64) for _ in range(L)] \
+        if covariance else []
+    mlp_cov = [torch.zeros(inter, inter, dtype=torch.float64) for _ in range(L)] if covariance else []
     tokens = [0]
     handles = []
 
@@ -62,12 +94,17 @@ def importance_scores(model: Any, batches: Any, progress: Any = None) -> tuple[A
             w = mod.weight.detach().float().view(mod.weight.shape[0], n_heads, head_dim)  # (D, H, hd)
             contrib = torch.einsum("nhd,ohd->nho", x, w)  # each head's output in the residual stream
             head_acc[i] += contrib.pow(2).sum(-1).sum(0).double()
+            if covariance:
+                flat = x.reshape(-1, n_heads * head_dim)
+                attn_cov[i] += (flat.T @ flat).double()
         return fn
 
     def down_hook(i: int) -> Any:
         def fn(mod: Any, args: tuple[Any, ...]) -> None:
             x = args[0].detach().float().reshape(-1, inter)
             neur_acc[i] += x.pow(2).sum(0).double()
+            if covariance:
+                mlp_cov[i] += (x.T @ x).double()
         return fn
 
     for i, layer in enumerate(layers):
@@ -88,7 +125,35 @@ def importance_scores(model: Any, batches: Any, progress: Any = None) -> tuple[A
     head_scores = head_acc / n
     col_norm = torch.stack([layer.mlp.down_proj.weight.detach().float().norm(dim=0) for layer in layers]).double()
     neuron_scores = (neur_acc / n).sqrt() * col_norm
-    return head_scores, neuron_scores
+    return Calibration(head_scores, neuron_scores, [c / n for c in attn_cov], [c / n for c in mlp_cov], n)
+
+
+def refit(weight: Any, cov: Any, keep: Any, damp: float = 1e-3) -> Any:
+    """Least-squares refit of a projection's kept input columns: W C[:, K] (C[K, K] + λI)⁻¹.
+
+    `weight` (out, in) is the parent's projection, `cov` (in, in) = E[x xᵀ] of its input, `keep` the
+    kept input indices. Returns the (out, len(keep)) weight that best reproduces W x from x[K]."""
+    import torch
+
+    c_kk = cov[keep][:, keep].clone()
+    lam = damp * float(c_kk.diagonal().mean())
+    c_kk.diagonal().add_(lam)
+    rhs = cov[keep] @ weight.double().T  # (k, in) @ (in, out)
+    sol = torch.linalg.solve(c_kk, rhs)  # (k, out)
+    return sol.T.to(weight.dtype).contiguous()
+
+
+def reconstruct(pruned: Any, parent: Any, p: StructuredPlan, cal: Calibration, damp: float = 1e-3) -> None:
+    """Refit every pruned layer's o_proj and down_proj in place (see the module docstring)."""
+    import torch
+
+    _, _, head_dim, _ = _shape(parent)
+    with torch.no_grad():
+        for i, (new, old) in enumerate(zip(decoder_layers(pruned), decoder_layers(parent), strict=True)):
+            cols = torch.cat([torch.arange(h * head_dim, (h + 1) * head_dim) for h in p.keep_heads[i]])
+            new.self_attn.o_proj.weight.copy_(refit(old.self_attn.o_proj.weight, cal.attn_cov[i], cols, damp))
+            neurons = torch.tensor(p.keep_neurons[i], dtype=torch.long)
+            new.mlp.down_proj.weight.copy_(refit(old.mlp.down_proj.weight, cal.mlp_cov[i], neurons, damp))
 
 
 def plan(model: Any, heads: float | None, mlp: float | None, head_scores: Any, neuron_scores: Any) -> StructuredPlan:
@@ -182,11 +247,44 @@ def masked_reference(model: Any, p: StructuredPlan) -> Any:
     return ref
 
 
-def run(model: Any, heads: float | None, mlp: float | None, batches: Any, progress: Any = None) -> tuple[Any, dict[str, Any]]:
-    """Measure importance, plan and cut. Returns the new model and a report of what changed."""
-    head_scores, neuron_scores = importance_scores(model, batches, progress)
-    p = plan(model, heads, mlp, head_scores, neuron_scores)
+def layer_output_error(pruned: Any, parent: Any, p: StructuredPlan, batches: Any) -> float:
+    """Mean over layers and projections of ||y' - y||² / ||y||², each pruned o_proj / down_proj fed the
+    parent's input at that point (its kept columns): the quantity `reconstruct` minimises."""
+    import torch
+
+    _, _, head_dim, _ = _shape(parent)
+    pairs = list(zip(decoder_layers(pruned), decoder_layers(parent), strict=True))
+    captured: list[tuple[Any, Any, Any, Any]] = []
+    handles = []
+    for i, (new, old) in enumerate(pairs):
+        cols = torch.cat([torch.arange(h * head_dim, (h + 1) * head_dim) for h in p.keep_heads[i]])
+        neurons = torch.tensor(p.keep_neurons[i], dtype=torch.long)
+        for ref, mod, keep in ((old.self_attn.o_proj, new.self_attn.o_proj, cols),
+                               (old.mlp.down_proj, new.mlp.down_proj, neurons)):
+            handles.append(ref.register_forward_pre_hook(
+                lambda m, a, ref=ref, mod=mod, keep=keep: captured.append((ref, mod, keep, a[0].detach()))))
+    try:
+        with torch.no_grad():
+            parent(input_ids=batches)
+    finally:
+        for h in handles:
+            h.remove()
+    errs = []
+    with torch.no_grad():
+        for ref, mod, keep, x in captured:
+            y = ref(x)
+            errs.append(float((mod(x[..., keep]) - y).pow(2).sum() / y.pow(2).sum()))
+    return sum(errs) / len(errs)
+
+
+def run(model: Any, heads: float | None, mlp: float | None, batches: Any, progress: Any = None,
+        reconstruct_outputs: bool = True, damp: float = 1e-3) -> tuple[Any, dict[str, Any]]:
+    """Measure importance, plan, cut and (by default) refit. Returns the new model and a report."""
+    cal = calibrate(model, batches, progress, covariance=reconstruct_outputs)
+    p = plan(model, heads, mlp, cal.head_scores, cal.neuron_scores)
     new = apply(model, p)
+    if reconstruct_outputs:
+        reconstruct(new, model, p, cal, damp)
     report = {
         "heads_per_layer": [p.heads_before, p.heads_after],
         "heads_removed_fraction": round(1 - p.heads_after / p.heads_before, 4),
@@ -194,6 +292,7 @@ def run(model: Any, heads: float | None, mlp: float | None, batches: Any, progre
         "mlp_removed_fraction": round(1 - p.neurons_after / p.neurons_before, 4),
         "policy": "same count per layer; query heads removed evenly from every kv group; all kv heads kept",
         "kept_heads": p.keep_heads,
+        "reconstruction": {"damp": damp, "calibration_tokens": cal.tokens} if reconstruct_outputs else None,
     }
     if heads and not math.isclose(report["heads_removed_fraction"], heads, abs_tol=0.01):
         report["heads_note"] = (f"asked {heads:.0%} of heads; GQA groups of {p.heads_before // (_shape(model)[1])} "
