@@ -40,6 +40,13 @@ def test_single_label_loss_by_hand():
     want = alpha * ce + (1 - alpha) * T * T * kl
     got = distillation_loss(torch.tensor(s), torch.tensor(t), torch.tensor(y), alpha, T, "single-label")
     assert abs(float(got) - want) < 1e-5
+    # an unlabeled row (-100, a transfer-set item) adds to the KL only: CE over row 0 alone
+    ce0 = -math.log(_softmax(s[0])[y[0]])
+    got = distillation_loss(torch.tensor(s), torch.tensor(t), torch.tensor([1, -100]), alpha, T, "single-label")
+    assert abs(float(got) - (alpha * ce0 + (1 - alpha) * T * T * kl)) < 1e-5
+    all_unlabeled = distillation_loss(torch.tensor(s), torch.tensor(t), torch.tensor([-100, -100]), alpha, T,
+                                      "single-label")
+    assert abs(float(all_unlabeled) - (1 - alpha) * T * T * kl) < 1e-5
 
 
 def test_multi_label_loss_by_hand():
@@ -170,6 +177,16 @@ def test_classification_distillation_trains_student_not_teacher(tiny, multi, bf1
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in t_before.items())
     assert not teacher.training
     assert not torch.equal(student.score.weight, s_before)
+
+
+def test_fortunes_unlabeled_transfer_set_is_disjoint():
+    from llmpress.data.fortunes import load_fortunes
+
+    ds = load_fortunes(per_category=20, unlabeled_per_category=15)
+    assert 0 < len(ds.unlabeled_texts) <= 6 * 15
+    assert not set(ds.unlabeled_texts) & (set(ds.train_texts) | set(ds.test_texts))
+    again = load_fortunes(per_category=20)  # asking for a transfer set does not change the split
+    assert again.train_texts == ds.train_texts and again.test_texts == ds.test_texts and not again.unlabeled_texts
 
 
 def test_fortunes_fixed_split():

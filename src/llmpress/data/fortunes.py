@@ -34,6 +34,8 @@ class LabeledSet:
     train_labels: list[int | list[int]] = field(default_factory=list)
     test_texts: list[str] = field(default_factory=list)
     test_labels: list[int | list[int]] = field(default_factory=list)
+    # in-domain texts outside train and test with their labels dropped (a distillation transfer set)
+    unlabeled_texts: list[str] = field(default_factory=list)
 
     def one_hot(self, labels: int | list[int]) -> list[float]:
         ids = labels if isinstance(labels, list) else [labels]
@@ -63,8 +65,12 @@ def read_category(name: str, root: Path = FORTUNES_DIR) -> list[str]:
 
 
 def load_fortunes(categories: tuple[str, ...] = CATEGORIES, per_category: int | None = None,
-                  multi_label: bool = False, test_pct: int = 20, root: Path = FORTUNES_DIR) -> LabeledSet:
-    """The fixed fortunes classification set. `per_category` caps items per class (hash order)."""
+                  multi_label: bool = False, test_pct: int = 20, root: Path = FORTUNES_DIR,
+                  unlabeled_per_category: int = 0) -> LabeledSet:
+    """The fixed fortunes classification set. `per_category` caps items per class (hash order).
+
+    `unlabeled_per_category` more items per class, the next ones in hash order after the cap, are
+    returned as `unlabeled_texts` without labels; any text that is also in train or test is left out."""
     if len(categories) < 2:
         raise DataError("a classification set needs at least two categories", "pass two or more categories")
     ds = LabeledSet(name="fortunes" + ("-multilabel" if multi_label else ""), labels=list(categories),
@@ -72,9 +78,11 @@ def load_fortunes(categories: tuple[str, ...] = CATEGORIES, per_category: int | 
     train: list[tuple[str, int]] = []
     test: list[tuple[str, int]] = []
     taken: set[str] = set()
+    extra: list[str] = []
     for label, cat in enumerate(categories):
         items = sorted((t for t in read_category(cat, root) if t not in taken), key=_h)
         if per_category is not None:
+            extra.extend(items[per_category:per_category + unlabeled_per_category])
             items = items[:per_category]
         if not items:
             raise DataError(f"the fortunes category {cat!r} is empty", INSTALL_FIX)
@@ -103,4 +111,5 @@ def load_fortunes(categories: tuple[str, ...] = CATEGORIES, per_category: int | 
             labels = [r[1] for r in rows]
         setattr(ds, f"{split}_texts", texts)
         setattr(ds, f"{split}_labels", labels)
+    ds.unlabeled_texts = sorted({t for t in extra if t not in taken}, key=_h)
     return ds

@@ -3,7 +3,8 @@
 Three tasks share one formula:
   "causal-lm":    token logits; labels are next-token ids (shifted here; -100 ignored);
                   KL over the vocabulary at each position, averaged over labelled positions.
-  "single-label": sequence logits; CE on class ids; KL over the classes.
+  "single-label": sequence logits; CE on class ids; KL over the classes. A class id of -100
+                  marks an unlabeled row (a transfer-set item): it adds to the KL term only.
   "multi-label":  sequence logits of independent labels; BCE on 0/1 targets; the KL is that of
                   each label's Bernoulli(sigmoid(z/T)) (softmax across labels would make them compete),
                   averaged over labels.
@@ -67,7 +68,9 @@ def distillation_loss(student_logits: Any, teacher_logits: Any, labels: Any, alp
         kl = _kl_softmax(s, t, temperature)
         soft = (kl * mask).sum() / mask.sum().clamp(min=1)
     elif task == "single-label":
-        hard = F.cross_entropy(s, labels) if labels is not None else s.new_zeros(())
+        # label -100 marks an unlabeled row (a transfer-set item): soft targets only
+        has = labels != -100 if labels is not None else None
+        hard = F.cross_entropy(s[has], labels[has]) if has is not None and bool(has.any()) else s.new_zeros(())
         soft = _kl_softmax(s, t, temperature).mean()
     else:
         hard = F.binary_cross_entropy_with_logits(s, labels.float()) if labels is not None else s.new_zeros(())
