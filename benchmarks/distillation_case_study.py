@@ -1,13 +1,20 @@
 """The seeds' teacher-vs-students distillation case study (003 §9.2.5, figures 9.3-9.4), on fortunes.
 
 Teacher: SmolLM2-135M with a classification head, fine-tuned on the fortunes categories.
-Students (a third of the teacher's decoder layers, <= 50 % of its parameters):
-  task-agnostic  layer subset of the *base* LM, distilled on a general corpus (causal LM,
-                 builtin:pydoc), then fine-tuned on the task with labels only;
-  task-specific  layer subset of the *fine-tuned teacher*, distilled on the task data with
-                 the teacher's logits (cached once) + labels: alpha*CE + (1-alpha)*T^2*KL.
+Students (a third of the teacher's decoder layers, <= 50 % of its parameters) both start from
+one task-agnostic student: a layer subset of the *base* LM distilled on a general corpus
+(causal LM, builtin:pydoc). Then
+  task-agnostic  is fine-tuned on the task with the labels only;
+  task-specific  is distilled on the task data from the fine-tuned teacher's logits (cached
+                 once) + the labels: alpha*CE + (1-alpha)*T^2*KL, plus a transfer set: more
+                 fortunes of the same categories, outside train and test, with their labels
+                 dropped, which only the teacher can label (soft targets only; single-label).
+The same start makes the teacher's soft targets the only difference between the two, as in the
+seeds (a pretrained small model fine-tuned vs distilled). `--task-specific-init teacher` starts
+the task-specific student from a layer subset of the fine-tuned teacher instead (DistilBERT-style).
 Reported: accuracy and macro-F1 per epoch (Jaccard too for --multi-label), time to classify
 16 items, peak memory (a fresh process per model), parameters; JSON + markdown + a plot.
+Training runs under bf16 autocast where the CPU has AMX (see llmpress.evaluate.machine).
 
 One command:  .venv/bin/python benchmarks/distillation_case_study.py
 Smoke test:   .venv/bin/python benchmarks/distillation_case_study.py --model builtin:tiny-llama --quick
@@ -28,6 +35,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 OUT = Path(__file__).resolve().parent / "results" / "distillation_case_study"
+INIT_TEXT = {"general": "the same general-distilled student as task-agnostic",
+             "teacher": "a layer subset of the fine-tuned teacher"}
 
 
 # --------------------------------------------------------------------------- metrics
@@ -113,18 +122,23 @@ def time_and_memory(path: Path, texts: list[str], seq_len: int, threads: int) ->
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="builtin:smollm2-135m")
-    ap.add_argument("--per-category", type=int, default=100, help="items per category before the 80/20 split")
+    ap.add_argument("--per-category", type=int, default=200, help="items per category before the 80/20 split")
+    ap.add_argument("--transfer-per-category", type=int, default=400,
+                    help="unlabeled in-domain items per category the teacher labels for the task-specific student "
+                         "(single-label; 0 = labeled data only)")
     ap.add_argument("--seq-len", type=int, default=48)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--teacher-epochs", type=int, default=2)
-    ap.add_argument("--student-epochs", type=int, default=3)
+    ap.add_argument("--teacher-epochs", type=int, default=4)
+    ap.add_argument("--student-epochs", type=int, default=4)
     ap.add_argument("--student-fraction", type=float, default=1 / 3, help="fraction of teacher layers kept")
-    ap.add_argument("--general-steps", type=int, default=30, help="task-agnostic general distillation steps")
-    ap.add_argument("--general-seq-len", type=int, default=64)
+    ap.add_argument("--general-steps", type=int, default=150, help="task-agnostic general distillation steps")
+    ap.add_argument("--general-seq-len", type=int, default=128)
     ap.add_argument("--general-batch", type=int, default=8)
     ap.add_argument("--alpha", type=float, default=0.5)
     ap.add_argument("--temperature", type=float, default=2.0)
-    ap.add_argument("--teacher-lr", type=float, default=5e-5)
+    ap.add_argument("--teacher-lr", type=float, default=1e-4)
+    ap.add_argument("--task-specific-init", choices=("general", "teacher"), default="general",
+                    help="task-specific student start: the general-distilled student or a teacher layer subset")
     ap.add_argument("--student-lr", type=float, default=1e-4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--multi-label", action="store_true", help="the multi-label variant (Jaccard)")
@@ -135,6 +149,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.per_category, args.teacher_epochs, args.student_epochs, args.general_steps = 20, 1, 1, 2
+        args.transfer_per_category = min(args.transfer_per_category, 10)
+    if args.multi_label:
+        args.transfer_per_category = 0  # soft targets only for single-label rows (see loss.py)
 
     import torch
     from transformers import AutoModelForSequenceClassification
@@ -152,7 +169,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
     multi = args.multi_label
-    ds = load_fortunes(per_category=args.per_category, multi_label=multi)
+    ds = load_fortunes(per_category=args.per_category, multi_label=multi,
+                       unlabeled_per_category=args.transfer_per_category)
     n_labels = len(ds.labels)
     base = resolve(args.model)
     tok = base.load_tokenizer()
@@ -189,56 +207,72 @@ def main() -> None:
             save_model(model, tok, w.path)
         return w.artifact
 
-    torch.manual_seed(0)
     with progress() as p:
-        # 1. teacher: SmolLM2 + classification head, fine-tuned on the task
+        # 1. the task-agnostic student: a layer subset of the base LM, distilled on a general corpus
         t0 = time.perf_counter()
+        torch.manual_seed(0)
+        lm_teacher = base.load_model()
+        total_layers = lm_teacher.config.num_hidden_layers
+        n_layers = max(1, round(total_layers * args.student_fraction))
+        lm_student = freeze_embeddings(layer_subset(lm_teacher, n_layers))
+        corpus = load_corpus("builtin:pydoc")
+        general = lm_dataset(tok, corpus.train, args.general_seq_len, args.general_steps * args.general_batch)
+        g_stats = train(lm_student, general, task="causal-lm", pad_id=tok.pad_token_id, teacher=lm_teacher,
+                        alpha=args.alpha, temperature=args.temperature, max_steps=args.general_steps,
+                        batch_size=args.general_batch, lr=args.student_lr, progress=p,
+                        description="general distillation (task-agnostic)")
+        del lm_teacher
+        g_art = save(f"general-distilled-{n_layers}L", lm_student, base,
+                     {"role": "task-agnostic general", "steps": args.general_steps})
+        del lm_student
+        phases["general_distillation_s"] = time.perf_counter() - t0
+
+        # 2. teacher: SmolLM2 + classification head, fine-tuned on the task
+        t0 = time.perf_counter()
+        torch.manual_seed(0)
         teacher = freeze_embeddings(classifier_from(base.path))
         train(teacher, train_rows, task=task, pad_id=tok.pad_token_id, epochs=args.teacher_epochs,
               batch_size=args.batch, lr=args.teacher_lr, progress=p, description="teacher fine-tune",
               on_epoch_end=epoch_eval("teacher"))
         phases["teacher_s"] = time.perf_counter() - t0
         t_art = save(f"fortunes-teacher-{base.name}", teacher, base, {"role": "teacher", "epochs": args.teacher_epochs})
-        total_layers = teacher.config.num_hidden_layers
-        n_layers = max(1, round(total_layers * args.student_fraction))
         teacher_params = param_count(teacher)
 
-        # 2. task-specific student: teacher layer subset, distilled on task data (cached teacher logits)
+        # 3. task-specific student: distilled on the task data from the teacher's (cached) logits + labels
         t0 = time.perf_counter()
         teacher.eval()
+        transfer_rows = [{"input_ids": tok(t, truncation=True, max_length=args.seq_len)["input_ids"], "labels": -100}
+                         for t in ds.unlabeled_texts]
+        kd_rows = train_rows + transfer_rows
         with torch.no_grad():
-            for i in range(0, len(train_rows), 32):
-                chunk = train_rows[i:i + 32]
+            for i in range(0, len(kd_rows), 32):
+                chunk = kd_rows[i:i + 32]
                 enc = tok.pad({"input_ids": [r["input_ids"] for r in chunk]}, return_tensors="pt")
                 logits = teacher(**enc).logits
                 for r, lg in zip(chunk, logits, strict=True):
                     r["teacher_logits"] = lg.tolist()
-        spec = freeze_embeddings(layer_subset(teacher, n_layers))
-        train(spec, train_rows, task=task, pad_id=tok.pad_token_id, alpha=args.alpha, temperature=args.temperature,
+        torch.manual_seed(0)
+        if args.task_specific_init == "teacher":
+            spec = freeze_embeddings(layer_subset(teacher, n_layers))
+            spec_parent = t_art
+        else:
+            spec = freeze_embeddings(classifier_from(g_art.path))
+            spec_parent = g_art
+        del teacher
+        train(spec, kd_rows, task=task, pad_id=tok.pad_token_id, alpha=args.alpha, temperature=args.temperature,
               epochs=args.student_epochs, batch_size=args.batch, lr=args.student_lr, progress=p,
               description="task-specific distillation", on_epoch_end=epoch_eval("task-specific"))
         phases["task_specific_s"] = time.perf_counter() - t0
-        s_art = save(f"fortunes-task-specific-{n_layers}L", spec, t_art,
-                     {"role": "task-specific", "layers": spec.config.llmpress_student_layers, "alpha": args.alpha,
-                      "temperature": args.temperature, "epochs": args.student_epochs})
+        s_art = save(f"fortunes-task-specific-{n_layers}L", spec, spec_parent,
+                     {"role": "task-specific", "init": args.task_specific_init, "teacher": t_art.id,
+                      "alpha": args.alpha, "temperature": args.temperature, "epochs": args.student_epochs})
         for r in train_rows:
             r.pop("teacher_logits", None)
-        del teacher
 
-        # 3. task-agnostic student: base-LM layer subset, general distillation, then task fine-tune
+        # 4. task-agnostic student: the same start, fine-tuned on the task with the labels only
         t0 = time.perf_counter()
-        lm_teacher = base.load_model()
-        lm_student = freeze_embeddings(layer_subset(lm_teacher, n_layers))
-        corpus = load_corpus("builtin:pydoc")
-        general = lm_dataset(tok, corpus.train, args.general_seq_len, args.general_steps * args.general_batch)
-        train(lm_student, general, task="causal-lm", pad_id=tok.pad_token_id, teacher=lm_teacher, alpha=args.alpha,
-              temperature=args.temperature, max_steps=args.general_steps, batch_size=args.general_batch,
-              lr=args.student_lr, progress=p, description="task-agnostic: general distillation")
-        del lm_teacher
-        g_art = save(f"general-distilled-{n_layers}L", lm_student, base,
-                     {"role": "task-agnostic general", "steps": args.general_steps})
+        torch.manual_seed(0)
         agn = freeze_embeddings(classifier_from(g_art.path))
-        del lm_student
         train(agn, train_rows, task=task, pad_id=tok.pad_token_id, epochs=args.student_epochs, batch_size=args.batch,
               lr=args.student_lr, progress=p, description="task-agnostic: task fine-tune",
               on_epoch_end=epoch_eval("task-agnostic"))
@@ -249,7 +283,7 @@ def main() -> None:
                   "task-specific": param_count(spec)}
         del agn, spec
 
-    # 4. time to classify 16 items and peak memory, each model in a fresh process
+    # 5. time to classify 16 items and peak memory, each model in a fresh process
     sixteen = ds.test_texts[:16]
     arts = {"teacher": t_art, "task-agnostic": a_art, "task-specific": s_art}
     speed = {k: time_and_memory(a.path, sixteen, args.seq_len, args.threads) for k, a in arts.items()}
@@ -259,11 +293,13 @@ def main() -> None:
     t_ms = speed["teacher"]["classify16_ms"]
     results = {
         "setup": {"model": args.model, "categories": ds.labels, "multi_label": multi, "train_items": len(ds.train_texts),
-                  "test_items": len(ds.test_texts), "seq_len": args.seq_len, "batch": args.batch,
+                  "test_items": len(ds.test_texts), "transfer_items": len(ds.unlabeled_texts), "seq_len": args.seq_len, "batch": args.batch,
                   "teacher_epochs": args.teacher_epochs, "student_epochs": args.student_epochs,
                   "student_layers": f"{n_layers} of {total_layers}",
                   "general_distillation": {"corpus": "builtin:pydoc", "steps": args.general_steps,
-                                           "seq_len": args.general_seq_len, "batch": args.general_batch},
+                                           "seq_len": args.general_seq_len, "batch": args.general_batch,
+                                           "final_loss": g_stats["train_loss"]},
+                  "task_specific_init": args.task_specific_init, "bf16": g_stats["bf16"],
                   "alpha": args.alpha, "temperature": args.temperature, "teacher_lr": args.teacher_lr,
                   "student_lr": args.student_lr, "embeddings_trained": args.train_embeddings, "threads": args.threads, "torch": torch.__version__},
         "history": history,
@@ -312,10 +348,14 @@ def write_outputs(results: dict[str, Any], out: Path, multi: bool) -> None:
     s = results["setup"]
     md = [f"# Distillation case study ({'multi-label' if multi else 'single-label'} fortunes)", "",
           f"Categories: {', '.join(s['categories'])}; {s['train_items']} train / {s['test_items']} test items; "
+          f"transfer set for the task-specific student: {s.get('transfer_items', 0)} unlabeled items; "
           f"seq len {s['seq_len']}, batch {s['batch']}; teacher {s['teacher_epochs']} epochs, students "
           f"{s['student_epochs']} epochs with {s['student_layers']} layers; general distillation "
           f"{s['general_distillation']['steps']} steps on {s['general_distillation']['corpus']}; "
-          f"alpha {s['alpha']}, T {s['temperature']}; {s['threads']} threads; total {results['total_seconds']:.0f} s.",
+          f"alpha {s['alpha']}, T {s['temperature']}; teacher lr {s['teacher_lr']}, student lr {s['student_lr']}; "
+          f"task-specific student starts from {INIT_TEXT[s.get('task_specific_init', 'teacher')]}; "
+          f"bf16 autocast {'on' if s.get('bf16') else 'off'}; {s['threads']} threads; "
+          f"total {results['total_seconds']:.0f} s.",
           "", markdown_table(headers, rows, digits=3), "", "Per epoch (test set):", ""]
     hist_rows = [[name, h["epoch"]] + [h[k] for k in keys] for name, hist in results["history"].items() for h in hist]
     md.append(markdown_table(["model", "epoch"] + keys, hist_rows, digits=4))
