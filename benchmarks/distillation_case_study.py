@@ -8,7 +8,7 @@ one task-agnostic student: a layer subset of the *base* LM distilled on a genera
   task-specific  is distilled on the task data from the fine-tuned teacher's logits (cached
                  once) + the labels: alpha*CE + (1-alpha)*T^2*KL, plus a transfer set: more
                  fortunes of the same categories, outside train and test, with their labels
-                 dropped, which only the teacher can label (soft targets only; single-label).
+                 dropped, which only the teacher can label (soft targets only).
 The same start makes the teacher's soft targets the only difference between the two, as in the
 seeds (a pretrained small model fine-tuned vs distilled). `--task-specific-init teacher` starts
 the task-specific student from a layer subset of the fine-tuned teacher instead (DistilBERT-style).
@@ -125,7 +125,7 @@ def main() -> None:
     ap.add_argument("--per-category", type=int, default=200, help="items per category before the 80/20 split")
     ap.add_argument("--transfer-per-category", type=int, default=400,
                     help="unlabeled in-domain items per category the teacher labels for the task-specific student "
-                         "(single-label; 0 = labeled data only)")
+                         "(0 = labeled data only)")
     ap.add_argument("--seq-len", type=int, default=48)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--teacher-epochs", type=int, default=4)
@@ -150,8 +150,6 @@ def main() -> None:
     if args.quick:
         args.per_category, args.teacher_epochs, args.student_epochs, args.general_steps = 20, 1, 1, 2
         args.transfer_per_category = min(args.transfer_per_category, 10)
-    if args.multi_label:
-        args.transfer_per_category = 0  # soft targets only for single-label rows (see loss.py)
 
     import torch
     from transformers import AutoModelForSequenceClassification
@@ -241,8 +239,9 @@ def main() -> None:
         # 3. task-specific student: distilled on the task data from the teacher's (cached) logits + labels
         t0 = time.perf_counter()
         teacher.eval()
-        transfer_rows = [{"input_ids": tok(t, truncation=True, max_length=args.seq_len)["input_ids"], "labels": -100}
-                         for t in ds.unlabeled_texts]
+        unlabeled = [-100.0] * n_labels if multi else -100  # soft targets only (see loss.py)
+        transfer_rows = [{"input_ids": tok(t, truncation=True, max_length=args.seq_len)["input_ids"],
+                          "labels": unlabeled} for t in ds.unlabeled_texts]
         kd_rows = train_rows + transfer_rows
         with torch.no_grad():
             for i in range(0, len(kd_rows), 32):

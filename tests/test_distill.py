@@ -62,6 +62,13 @@ def test_multi_label_loss_by_hand():
     want = alpha * bce + (1 - alpha) * T * T * kl
     got = distillation_loss(torch.tensor(s), torch.tensor(t), torch.tensor(y), alpha, T, "multi-label")
     assert abs(float(got) - want) < 1e-5
+    # a second, unlabeled row (all -100) adds to the KL only; the BCE stays that of row 0
+    s2, t2 = s + [[-0.3, 0.8]], t + [[1.0, -2.0]]
+    kl2 = sum(sig(a / T) * math.log(sig(a / T) / sig(b / T)) + (1 - sig(a / T)) * math.log((1 - sig(a / T)) / (1 - sig(b / T)))
+              for b, a in zip(s2[1], t2[1], strict=True)) / 2
+    got = distillation_loss(torch.tensor(s2), torch.tensor(t2), torch.tensor(y + [[-100.0, -100.0]]), alpha, T,
+                            "multi-label")
+    assert abs(float(got) - (alpha * bce + (1 - alpha) * T * T * (kl + kl2) / 2)) < 1e-5
 
 
 def test_causal_lm_loss_shifts_and_masks():

@@ -7,7 +7,7 @@ Three tasks share one formula:
                   marks an unlabeled row (a transfer-set item): it adds to the KL term only.
   "multi-label":  sequence logits of independent labels; BCE on 0/1 targets; the KL is that of
                   each label's Bernoulli(sigmoid(z/T)) (softmax across labels would make them compete),
-                  averaged over labels.
+                  averaged over labels. A row of -100s marks an unlabeled row: KL term only.
 T² keeps the soft-target gradients on the scale of the hard-label ones (Hinton et al., 2015).
 """
 
@@ -73,7 +73,10 @@ def distillation_loss(student_logits: Any, teacher_logits: Any, labels: Any, alp
         hard = F.cross_entropy(s[has], labels[has]) if has is not None and bool(has.any()) else s.new_zeros(())
         soft = _kl_softmax(s, t, temperature).mean()
     else:
-        hard = F.binary_cross_entropy_with_logits(s, labels.float()) if labels is not None else s.new_zeros(())
+        # a row of -100s marks an unlabeled row (a transfer-set item): soft targets only
+        has = (labels != -100).all(-1) if labels is not None else None
+        hard = (F.binary_cross_entropy_with_logits(s[has], labels[has].float())
+                if has is not None and bool(has.any()) else s.new_zeros(()))
         soft = _kl_bernoulli(s, t, temperature).mean()
     if labels is None and alpha > 0:
         raise ConfigError("alpha > 0 needs labels for the hard-label term", "pass labels or alpha 0")
