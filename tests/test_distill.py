@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -232,3 +233,69 @@ def test_cli_distill_json(tiny):
     bad = CliRunner().invoke(app, ["distill", "--teacher", tiny.path.as_posix(), "--student-layers", "1",
                                    "--alpha", "2"])
     assert bad.exit_code == ConfigError.exit_code
+
+
+def _classifier_teacher(tiny, tmp_path: Path, multi: bool) -> Path:
+    """A tiny-llama sequence classifier with named labels, saved as a plain HF directory."""
+    from transformers import AutoModelForSequenceClassification
+
+    tok = tiny.load_tokenizer()
+    names = ["cats", "dogs", "birds"]
+    m = AutoModelForSequenceClassification.from_pretrained(
+        tiny.path, num_labels=3, id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
+        problem_type="multi_label_classification" if multi else "single_label_classification")
+    m.config.pad_token_id = tok.pad_token_id
+    d = tmp_path / ("multi" if multi else "single")
+    m.save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+@pytest.mark.parametrize("multi", [False, True])
+def test_cli_distills_a_classifier_on_labeled_jsonl(tiny, tmp_path, multi):
+    import json
+
+    from typer.testing import CliRunner
+
+    from llmpress.cli.main import _register_all, app
+    from llmpress.sources import resolve
+
+    _register_all()
+    teacher = _classifier_teacher(tiny, tmp_path, multi)
+    data = tmp_path / "pets.jsonl"
+    recs = [("a cat sat on the mat", "cats"), ("the dog barked", "dogs"), ("a bird sang", 2), ("cats purr", "cats"),
+            ("dogs fetch sticks", "dogs")]
+    data.write_text("\n".join(json.dumps({"text": t, "label": ([lab, "birds"] if multi and i % 2 else lab)})
+                              for i, (t, lab) in enumerate(recs)))
+    res = CliRunner().invoke(app, ["distill", "--teacher", str(teacher), "--student-layers", "1", "--data", str(data),
+                                   "--epochs", "2", "--batch", "2", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout[res.stdout.index("{"):])
+    assert out["task"] == ("multi-label" if multi else "single-label")
+    assert out["steps"] == 6 and out["student_params"] < out["teacher_params"]  # 2 epochs of ceil(5 / 2) batches
+    student = resolve(out["id"]).load_model()
+    assert type(student).__name__ == "LlamaForSequenceClassification" and student.config.num_hidden_layers == 1
+    assert student.config.id2label == {0: "cats", 1: "dogs", 2: "birds"}
+    logits = student(**tiny.load_tokenizer()(["a cat", "a much longer dog text"], return_tensors="pt", padding=True)).logits
+    assert logits.shape == (2, 3)
+
+
+def test_classifier_distillation_refuses_bad_data(tiny, tmp_path):
+    import json
+
+    from llmpress.sources import resolve
+
+    teacher = resolve(str(_classifier_teacher(tiny, tmp_path, multi=False)))
+    before = _artifact_dirs()
+    cases = [("fish", "not one of the teacher's 3 labels (cats, dogs, birds)"),
+             (["cats", "dogs"], "2 labels for a single-label"), (None, "holds causal lm records")]
+    for i, (label, msg) in enumerate(cases):
+        f = tmp_path / f"bad{i}.jsonl"
+        f.write_text(json.dumps({"text": "a cat"} if label is None else {"text": "a cat", "label": label}))
+        with pytest.raises(DataError, match=re.escape(msg)) as e:
+            distill(teacher, DistillConfig(student_layers=1, data=str(f), steps=1))
+        assert e.value.fix
+    # a causal-LM student for a classifier teacher is refused before training
+    with pytest.raises(ConfigError, match="single-label model and the student a causal-lm"):
+        distill(teacher, DistillConfig(data="unused.jsonl", steps=1), student=tiny)
+    assert _artifact_dirs() == before

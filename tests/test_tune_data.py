@@ -96,3 +96,14 @@ def test_malformed_line_is_named(tmp_path, tok, bad, message):
     with pytest.raises(DataError, match=message) as e:
         load_finetune_data(str(path), tok)
     assert e.value.fix
+
+
+def test_label_lists_are_for_distill_not_tune(tmp_path, tok):
+    path = write_jsonl(tmp_path / "m.jsonl", [{"text": "a", "label": "x"}, {"text": "b", "label": ["x", "y"]}])
+    assert len(read_records(str(path))[1]) == 2  # a well-formed multi-label record
+    with pytest.raises(DataError, match=r"m\.jsonl:2: a list of labels") as e:
+        load_finetune_data(str(path), tok)
+    assert "llmpress distill" in (e.value.fix or "")
+    bad = write_jsonl(tmp_path / "e.jsonl", [{"text": "a", "label": []}])
+    with pytest.raises(DataError, match=r"e\.jsonl:1: 'label' must be"):
+        read_records(str(bad))

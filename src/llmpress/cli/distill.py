@@ -15,30 +15,35 @@ def register(app: typer.Typer) -> None:
         teacher: str = typer.Option(..., "--teacher", help="teacher model (builtin:, artifact id/name, HF dir)"),
         student: str = typer.Option(None, "--student", help="student model (e.g. a pruned artifact)"),
         student_layers: int = typer.Option(None, "--student-layers", help="student = N teacher layers, evenly spread"),
-        data: str = typer.Option("builtin:pydoc", "--data", help="corpus: builtin:pydoc, a .txt or .jsonl"),
-        alpha: float = typer.Option(0.5, "--alpha", help="weight of the hard-label (next-token) loss"),
+        data: str = typer.Option("builtin:pydoc", "--data",
+                                 help="causal-LM teacher: a corpus (builtin:pydoc, .txt, .jsonl); classifier teacher: "
+                                      "a .jsonl of {\"text\", \"label\"} records (a list of labels if multi-label)"),
+        alpha: float = typer.Option(0.5, "--alpha", help="weight of the hard-label loss (next token or class)"),
         temperature: float = typer.Option(2.0, "--temperature", "-T", help="softmax temperature"),
         steps: int = typer.Option(100, "--steps", help="optimizer steps"),
-        batch: int = typer.Option(4, "--batch", help="windows per step"),
-        seq_len: int = typer.Option(128, "--seq-len", help="tokens per window"),
+        epochs: float = typer.Option(None, "--epochs", help="passes over the data instead of --steps"),
+        batch: int = typer.Option(4, "--batch", help="windows (or labeled records) per step"),
+        seq_len: int = typer.Option(128, "--seq-len", help="tokens per window (labeled texts are cut to it)"),
         lr: float = typer.Option(1e-4, "--lr", help="learning rate"),
         name: str = typer.Option(None, "--name", help="name of the new artifact"),
         as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
     ) -> None:
-        """Distil a causal LM teacher into a smaller student on a text corpus (task-agnostic)."""
+        """Distil a teacher into a smaller student: a causal LM on a text corpus (task-agnostic), or a
+        sequence classifier on labeled records (task-specific; the teacher's head decides)."""
 
         def body() -> Any:
             from llmpress.compress.distill import DistillConfig, distill
             from llmpress.sources import resolve
 
-            cfg = DistillConfig(data=data, task="causal-lm", alpha=alpha, temperature=temperature,
-                                student_layers=student_layers, steps=steps, batch_size=batch, seq_len=seq_len,
-                                lr=lr, name=name).validate()
+            cfg = DistillConfig(data=data, alpha=alpha, temperature=temperature, student_layers=student_layers,
+                                steps=steps, epochs=epochs, batch_size=batch, seq_len=seq_len, lr=lr,
+                                name=name).validate()
             t_art = resolve(teacher)
             s_art = resolve(student) if student else None
             with progress() as p:
                 art = distill(t_art, cfg, student=s_art, progress=p)
             result = {"id": art.id, "name": art.name, "path": str(art.path), "teacher": t_art.id,
+                      "task": art.manifest.step.params.get("task"),
                       **art.manifest.metrics.get("distill", {}), "bytes_on_disk": art.bytes_on_disk()}
             if as_json:
                 print_json(result)

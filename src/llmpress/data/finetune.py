@@ -108,8 +108,11 @@ def _check_record(rec: dict[str, Any], kind: str, where: str) -> None:
     elif kind == "classification":
         if not isinstance(rec["text"], str) or not rec["text"].strip():
             raise DataError(f"{where}: 'text' must be a non-empty string", "fix that line")
-        if not isinstance(rec["label"], str | int | bool) or str(rec["label"]).strip() == "":
-            raise DataError(f"{where}: 'label' must be a non-empty string or integer", "fix that line")
+        lab = rec["label"]
+        labs = lab if isinstance(lab, list) else [lab]
+        if not labs or any(not isinstance(x, str | int | bool) or str(x).strip() == "" for x in labs):
+            raise DataError(f"{where}: 'label' must be a non-empty string or integer (or, for a multi-label "
+                            "teacher in `llmpress distill`, a non-empty list of them)", "fix that line")
 
 
 def read_records(spec: str) -> tuple[str, list[tuple[str, dict[str, Any]]]]:
@@ -211,6 +214,10 @@ def load_finetune_data(spec: str, tokenizer: Any, seq_len: int = 256, kind: str 
     if detected == "causal_lm":
         return _causal(spec, tokenizer, seq_len, max_train, max_eval)
     _, records = read_records(spec)
+    multi = next((where for where, r in records if isinstance(r.get("label"), list)), None)
+    if multi is not None:
+        raise DataError(f"{multi}: a list of labels; `llmpress tune` learns one label per text",
+                        "give one label per line (lists are for `llmpress distill` with a multi-label teacher)")
     train: list[Example] = []
     train_records: list[dict[str, Any]] = []
     evals: list[Example] = []

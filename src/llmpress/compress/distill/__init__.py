@@ -2,8 +2,10 @@
 
 `distill(teacher, config, student=None)` is the step: Artifact -> Artifact. The student is an
 artifact (e.g. a pruned one), a layer subset of the teacher (`student_layers`), or a smaller
-config (`student_config`). Causal LMs distil on a text corpus (task-agnostic); sequence
-classifiers on labeled data (task-specific), single- or multi-label.
+config (`student_config`). The teacher's head sets the task: a causal LM distils on a text
+corpus (task-agnostic); a *ForSequenceClassification teacher on labeled data (task-specific),
+single- or multi-label (`problem_type`), read from a jsonl of `{"text", "label"}` records whose
+labels are the teacher's label names (or ids); a list of labels per record for multi-label.
 """
 
 from __future__ import annotations
@@ -18,15 +20,17 @@ from llmpress.compress.distill.trainer import DistillationTrainer, DistillationT
 from llmpress.errors import ConfigError, DataError
 
 __all__ = ["DistillConfig", "distill", "distillation_loss", "DistillationTrainer", "DistillationTrainingArguments",
-           "layer_subset", "from_config", "train", "lm_dataset", "check_tokenizers"]
+           "layer_subset", "from_config", "train", "lm_dataset", "labeled_dataset", "model_task", "check_tokenizers"]
 
 
 @dataclass
 class DistillConfig:
-    """Knobs of the distill step. `steps` optimizer steps of `batch_size` windows of `seq_len` tokens."""
+    """Knobs of the distill step. `steps` optimizer steps of `batch_size` windows (causal LM) or
+    records (classification) of up to `seq_len` tokens; `epochs`, when set, replaces `steps`.
+    `task` "auto" takes the teacher's (see `model_task`)."""
 
     data: str = "builtin:pydoc"
-    task: str = "causal-lm"
+    task: str = "auto"
     alpha: float = 0.5
     temperature: float = 2.0
     student_layers: int | None = None
@@ -35,12 +39,15 @@ class DistillConfig:
     batch_size: int = 4
     seq_len: int = 128
     lr: float = 1e-4
+    epochs: float | None = None
     seed: int = 0
     name: str | None = None
 
     def validate(self) -> DistillConfig:
-        if self.task not in TASKS:
-            raise ConfigError(f"unknown task {self.task!r}", f"use one of {', '.join(TASKS)}")
+        if self.task != "auto" and self.task not in TASKS:
+            raise ConfigError(f"unknown task {self.task!r}", f"use auto or one of {', '.join(TASKS)}")
+        if self.epochs is not None and self.epochs <= 0:
+            raise ConfigError(f"--epochs {self.epochs} is not positive", "pass e.g. --epochs 3, or --steps N")
         if not 0.0 <= self.alpha <= 1.0:
             raise ConfigError(f"--alpha {self.alpha} is outside [0, 1]", "pass a weight between 0 and 1, e.g. 0.5")
         if self.temperature <= 0:
@@ -71,6 +78,50 @@ def lm_dataset(tokenizer: Any, texts: list[str], seq_len: int, max_windows: int 
     return [{"input_ids": w.tolist(), "labels": w.tolist()} for w in windows]
 
 
+def model_task(model: Any) -> str:
+    """causal-lm, single-label or multi-label: what a model's head computes."""
+    if type(model).__name__.endswith("ForSequenceClassification"):
+        multi = getattr(model.config, "problem_type", None) == "multi_label_classification"
+        return "multi-label" if multi else "single-label"
+    return "causal-lm"
+
+
+def labeled_dataset(tokenizer: Any, spec: str, model_config: Any, multi: bool, seq_len: int) -> list[dict[str, Any]]:
+    """Rows for classification distillation from a jsonl of `{"text", "label"}` records.
+
+    A label is one of the teacher's label names (`config.label2id`) or a class id; multi-label
+    records carry a list of them and become 0/1 vectors. Every record is checked first."""
+    from llmpress.data.finetune import read_records
+
+    kind, records = read_records(spec)
+    if kind != "classification":
+        raise DataError(f"{spec} holds {kind.replace('_', ' ')} records, and a classifier teacher distils on "
+                        "labeled ones", 'pass a .jsonl of {"text": ..., "label": ...} lines, or a causal-LM teacher')
+    n = int(model_config.num_labels)
+    label2id = {str(k): int(v) for k, v in (getattr(model_config, "label2id", None) or {}).items()}
+
+    def label_id(x: Any, where: str) -> int:
+        if str(x) in label2id:
+            return label2id[str(x)]
+        if isinstance(x, int) and not isinstance(x, bool) and 0 <= x < n:
+            return x
+        names = ", ".join(sorted(label2id, key=label2id.__getitem__)[:12])
+        raise DataError(f"{where}: label {x!r} is not one of the teacher's {n} labels ({names})",
+                        f"use the teacher's label names or ids 0..{n - 1}")
+
+    rows: list[dict[str, Any]] = []
+    for where, rec in records:
+        labs = rec["label"] if isinstance(rec["label"], list) else [rec["label"]]
+        if len(labs) > 1 and not multi:
+            raise DataError(f"{where}: {len(labs)} labels for a single-label teacher",
+                            "give one label per line, or distil a multi-label teacher")
+        ids = {label_id(x, where) for x in labs}
+        label: Any = [1.0 if i in ids else 0.0 for i in range(n)] if multi else ids.pop()
+        enc = tokenizer(rec["text"], truncation=True, max_length=seq_len)
+        rows.append({"input_ids": list(enc["input_ids"]), "labels": label})
+    return rows
+
+
 def distill(teacher: Artifact, config: DistillConfig, student: Artifact | None = None,
             dataset: list[dict[str, Any]] | None = None, progress: Any = None) -> Artifact:
     """Distil `teacher` into a student and write it as a new artifact whose parent is the teacher.
@@ -81,7 +132,10 @@ def distill(teacher: Artifact, config: DistillConfig, student: Artifact | None =
     from llmpress.sources.hf import save_model
 
     config.validate()
+    if dataset is not None and not dataset:
+        raise DataError("the distillation data is empty", "pass a corpus or labeled set with some examples")
     t_model = teacher.load_model(dtype=None)
+    task = model_task(t_model) if config.task == "auto" else config.task
     t_tok = teacher.load_tokenizer()
     if student is not None:
         if config.student_layers or config.student_config:
@@ -99,14 +153,25 @@ def distill(teacher: Artifact, config: DistillConfig, student: Artifact | None =
         origin = {"student_config": dict(config.student_config)}
     else:
         raise ConfigError("no student given", "pass --student ARTIFACT or --student-layers N")
-    t_out = t_model.config.vocab_size if config.task == "causal-lm" else t_model.config.num_labels
-    s_out = s_model.config.vocab_size if config.task == "causal-lm" else s_model.config.num_labels
+    if model_task(s_model) != model_task(t_model):
+        raise ConfigError(f"the teacher is a {model_task(t_model)} model and the student a {model_task(s_model)} one",
+                          "distil into a student with the teacher's head (e.g. --student-layers N)")
+    t_out = t_model.config.vocab_size if task == "causal-lm" else t_model.config.num_labels
+    s_out = s_model.config.vocab_size if task == "causal-lm" else s_model.config.num_labels
     if t_out != s_out:
         raise ConfigError(f"teacher has {t_out} outputs and the student {s_out}",
                           "teacher and student need the same vocabulary / label set")
-    if dataset is None:
-        if config.task != "causal-lm":
-            raise ConfigError(f"task {config.task} needs a labeled dataset", "use the Python API with dataset=...")
+    pad_id = t_tok.pad_token_id if t_tok.pad_token_id is not None else 0  # causal-LM windows are never padded
+    if task != "causal-lm":
+        # the classifier pools the last non-pad token, so batches need a pad id in the config
+        pad = t_model.config.pad_token_id if t_model.config.pad_token_id is not None else t_tok.pad_token_id
+        if pad is None:
+            raise ConfigError(f"teacher {teacher.name} has no pad token, so its classifier cannot batch",
+                              "set pad_token_id in the teacher's config.json")
+        t_model.config.pad_token_id = s_model.config.pad_token_id = pad_id = pad
+    if dataset is None and task != "causal-lm":
+        dataset = labeled_dataset(t_tok, config.data, t_model.config, task == "multi-label", config.seq_len)
+    elif dataset is None:
         from llmpress.data import load_corpus
 
         corpus = load_corpus(config.data)
@@ -114,11 +179,13 @@ def distill(teacher: Artifact, config: DistillConfig, student: Artifact | None =
     if not dataset:
         raise DataError("the distillation data is empty", "pass a corpus or labeled set with some examples")
     t_params, s_params = param_count(t_model), param_count(s_model)
-    stats = train(s_model, dataset, task=config.task, pad_id=t_tok.pad_token_id, teacher=t_model, alpha=config.alpha,
-                  temperature=config.temperature, max_steps=config.steps, batch_size=config.batch_size,
-                  lr=config.lr, seed=config.seed, progress=progress, description="distill")
+    by_epochs = config.epochs is not None
+    stats = train(s_model, dataset, task=task, pad_id=pad_id, teacher=t_model, alpha=config.alpha,
+                  temperature=config.temperature, max_steps=-1 if by_epochs else config.steps,
+                  epochs=config.epochs if by_epochs else 1.0, batch_size=config.batch_size,
+                  lr=config.lr, seed=config.seed, progress=progress, description=f"distill ({task})")
     params = {k: v for k, v in asdict(config).items()}
-    params.update(origin)
+    params.update(origin, task=task, examples=len(dataset))
     name = config.name or f"{teacher.name}-distilled-{s_params / 1e6:.0f}M"
     with create_artifact(name, Step("distill", params), parent=teacher) as w:
         save_model(s_model, t_tok, w.path)
