@@ -295,6 +295,8 @@ def test_classifier_distillation_refuses_bad_data(tiny, tmp_path):
         with pytest.raises(DataError, match=re.escape(msg)) as e:
             distill(teacher, DistillConfig(student_layers=1, data=str(f), steps=1))
         assert e.value.fix
+    with pytest.raises(ConfigError, match="task causal-lm was asked for"):
+        distill(teacher, DistillConfig(task="causal-lm", student_layers=1, steps=1))
     # a causal-LM student for a classifier teacher is refused before training
     with pytest.raises(ConfigError, match="single-label model and the student a causal-lm"):
         distill(teacher, DistillConfig(data="unused.jsonl", steps=1), student=tiny)

@@ -135,7 +135,10 @@ def distill(teacher: Artifact, config: DistillConfig, student: Artifact | None =
     if dataset is not None and not dataset:
         raise DataError("the distillation data is empty", "pass a corpus or labeled set with some examples")
     t_model = teacher.load_model(dtype=None)
-    task = model_task(t_model) if config.task == "auto" else config.task
+    task = model_task(t_model)
+    if config.task not in ("auto", task):
+        raise ConfigError(f"task {config.task} was asked for, but teacher {teacher.name} is a {task} model",
+                          "leave the task on auto, or pass a teacher with that head")
     t_tok = teacher.load_tokenizer()
     if student is not None:
         if config.student_layers or config.student_config:
