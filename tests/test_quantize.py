@@ -96,7 +96,7 @@ def test_our_kernels_match_dequantized_gemm(rows):
     from llmpress.compress.quantize import kernels
     from llmpress.compress.quantize.layers import Int4WeightOnlyLinear, Int8WeightOnlyLinear
 
-    if torch.backends.cpu.get_cpu_capability() not in ("AVX512",):
+    if not kernels.cpu_has_avx512():
         pytest.skip("our kernels are built for AVX-512 machines only")
     assert kernels.available(), "the AVX-512 kernels failed to build (see the warning above)"
     torch.manual_seed(rows)
@@ -109,6 +109,49 @@ def test_our_kernels_match_dequantized_gemm(rows):
         ref = x @ deq.T
         assert q._kern is not None
         assert float((y - ref).abs().max()) <= 1e-5 * float(ref.abs().max()) + 1e-6, type(q).__name__
+
+
+def test_kernel_build_recovers_from_a_killed_builder(tmp_path):
+    """torch's build `lock` file outlives a killed build and torch waits on it forever. We hold an
+    flock around the build: while a live builder holds it we wait; once it is killed, its `lock`
+    file is stale and is removed, so the next build goes ahead instead of hanging."""
+    import subprocess
+    import sys
+    import threading
+
+    from llmpress.compress.quantize import kernels
+
+    d = tmp_path / "build"
+    child = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time, pathlib\n"
+         "from llmpress.compress.quantize.kernels import _exclusive\n"
+         f"d = pathlib.Path({str(d)!r})\n"
+         "with _exclusive(d):\n"
+         "    (d / 'lock').touch()\n"  # what torch's FileBaton creates while it builds
+         "    print('building', flush=True)\n"
+         "    time.sleep(600)\n"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "building"
+        entered = threading.Event()
+        seen: dict[str, bool] = {}
+
+        def build() -> None:
+            with kernels._exclusive(d):
+                seen["lock file"] = (d / "lock").exists()
+                entered.set()
+
+        t = threading.Thread(target=build, daemon=True)
+        t.start()
+        assert not entered.wait(1.0), "entered the build while another live process was building"
+        assert (d / "lock").exists()
+        child.kill()  # the builder dies mid-build: its `lock` file stays behind
+        child.wait(30)
+        assert entered.wait(30), "the build stayed blocked after the builder died"
+        assert seen == {"lock file": False}, "the stale lock file was not removed"
+    finally:
+        child.kill()
 
 
 def test_loader_does_not_requantize(tiny, prompt_ids):

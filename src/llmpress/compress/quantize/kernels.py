@@ -2,17 +2,26 @@
 
 `get()` returns the compiled module, or None when it cannot be used here (no C++ compiler,
 no AVX-512, or LLMPRESS_KERNELS=aten); callers then use the aten kernels. The build runs
-once per machine (torch caches it under ~/.cache/torch_extensions, keyed by the source) and
-takes ~30-60 s on 2 cores; a failed build is reported once, with the reason, and never stops
-a run.
+once per machine and takes ~30-60 s on 2 cores; a failed build is reported once, with the
+reason, and never stops a run. Without AVX-512 (`torch.backends.cpu.get_cpu_capability()`)
+nothing is built: the kernels would only be scalar code.
+
+The build lives in `$LLMPRESS_KERNELS_DIR` (default ~/.cache/llmpress/kernels), one directory per
+torch version and source hash. torch guards a build with a `lock` file that it waits on forever
+when a killed build left it behind (a CI run once hung 85 min on one); we hold an OS lock (flock,
+released when its process dies) around the build, so a `lock` file found while we hold it is
+stale and is removed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import os
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +29,46 @@ log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _state: dict[str, Any] = {}
+
+
+def build_dir() -> Path:
+    """Where the kernels are built: one directory per torch version and kernels.cpp content."""
+    import torch
+
+    root = Path(os.environ.get("LLMPRESS_KERNELS_DIR", Path.home() / ".cache" / "llmpress" / "kernels"))
+    digest = hashlib.sha256(Path(__file__).with_name("kernels.cpp").read_bytes()).hexdigest()[:12]
+    return root.expanduser() / f"torch-{torch.__version__.replace('+', '-')}-{digest}"
+
+
+@contextlib.contextmanager
+def _exclusive(directory: Path) -> Iterator[None]:
+    """Hold an flock on `directory` and clear the torch baton a killed build may have left there."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / "llmpress-build.flock", "a") as fh:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no stale-lock recovery, torch's own baton only
+            fcntl = None
+        if fcntl is not None:
+            fcntl.flock(fh, fcntl.LOCK_EX)  # waits only for a live builder; the OS drops a dead one's lock
+            baton = directory / "lock"
+            if baton.exists():
+                log.warning("removing %s, a build lock left behind by a killed kernel build", baton)
+                baton.unlink()
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def cpu_has_avx512() -> bool:
+    """False when /proc/cpuinfo lists no avx512f; True when it does or cannot be read (then the build tells)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True
+    return "avx512f" in flags
 
 
 def _build() -> Any:
@@ -34,9 +83,11 @@ def _build() -> Any:
     path_parts = [p for p in (bin_dir, str(Path(sys.executable).parent)) if p]
     os.environ["PATH"] = os.pathsep.join([*path_parts, os.environ.get("PATH", "")])
     src = Path(__file__).with_name("kernels.cpp")
-    return ext.load(name="llmpress_kernels", sources=[str(src)], extra_cflags=["-O3", "-march=native", "-fopenmp"],
-                    extra_ldflags=["-fopenmp"],
-                    verbose=False)
+    directory = build_dir()
+    with _exclusive(directory):
+        return ext.load(name="llmpress_kernels", sources=[str(src)], build_directory=str(directory),
+                        extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"],
+                        verbose=False)
 
 
 def get() -> Any:
@@ -47,7 +98,12 @@ def get() -> Any:
         if "mod" in _state:
             return _state["mod"]
         mod = None
-        if os.environ.get("LLMPRESS_KERNELS", "").lower() != "aten":
+        if os.environ.get("LLMPRESS_KERNELS", "").lower() == "aten":
+            pass
+        elif not cpu_has_avx512():
+            log.warning("this CPU has no AVX-512, so llmpress's int8/int4 kernels are not built; using aten's "
+                        "weight-only kernels")
+        else:
             try:
                 mod = _build()
                 if not mod.vectorized():
