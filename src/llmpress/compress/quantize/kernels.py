@@ -44,22 +44,18 @@ def build_dir() -> Path:
 def _exclusive(directory: Path) -> Iterator[None]:
     """Hold an flock on `directory` and clear the torch baton a killed build may have left there."""
     directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / "llmpress-build.flock", "a") as fh:
+    with open(directory / "llmpress-build.flock", "a") as fh:  # closing the file releases the flock
         try:
             import fcntl
         except ImportError:  # not POSIX: no stale-lock recovery, torch's own baton only
-            fcntl = None
-        if fcntl is not None:
-            fcntl.flock(fh, fcntl.LOCK_EX)  # waits only for a live builder; the OS drops a dead one's lock
-            baton = directory / "lock"
-            if baton.exists():
-                log.warning("removing %s, a build lock left behind by a killed kernel build", baton)
-                baton.unlink()
-        try:
             yield
-        finally:
-            if fcntl is not None:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+            return
+        fcntl.flock(fh, fcntl.LOCK_EX)  # waits only for a live builder; the OS drops a dead one's lock
+        baton = directory / "lock"
+        if baton.exists():
+            log.warning("removing %s, a build lock left behind by a killed kernel build", baton)
+            baton.unlink()
+        yield
 
 
 def cpu_has_avx512() -> bool:
