@@ -95,8 +95,9 @@ def test_our_kernels_match_dequantized_gemm(rows):
 
     from llmpress.compress.quantize import kernels
     from llmpress.compress.quantize.layers import Int4WeightOnlyLinear, Int8WeightOnlyLinear
+    from llmpress.evaluate.machine import cpu_has_avx512
 
-    if not kernels.cpu_has_avx512():
+    if not cpu_has_avx512():
         pytest.skip("our kernels are built for AVX-512 machines only")
     assert kernels.available(), "the AVX-512 kernels failed to build (see the warning above)"
     torch.manual_seed(rows)
@@ -315,3 +316,15 @@ def test_quantize_cli(tiny, fresh_registry):
     res = CliRunner().invoke(app, ["quantize", "builtin:tiny-llama", "--scheme", "int5"])
     assert res.exit_code == 6 and "unknown quantization scheme 'int5'" in res.output
     assert _count(fresh_registry) == before
+
+
+def test_cpu_flags_are_the_flags_line():
+    """The probes read the `flags` line's words, not substrings of /proc/cpuinfo as a whole."""
+    from llmpress.evaluate.machine import cpu_flags, cpu_has_avx512, cpu_has_bf16
+
+    flags = cpu_flags()
+    if flags is None:
+        pytest.skip("no /proc/cpuinfo here")
+    assert "fpu" in flags and "flags" not in flags and not any(":" in f for f in flags)
+    assert cpu_has_avx512() == ("avx512f" in flags)
+    assert cpu_has_bf16() == ("amx_bf16" in flags)

@@ -1,4 +1,4 @@
-"""What this machine can do: memory bandwidth, the decode ceiling it sets, and native bf16.
+"""What this machine can do: memory bandwidth, the decode ceiling it sets, native bf16, AVX-512.
 
 Batch-1 decode reads every weight byte once per token, so `bandwidth / weight bytes` is the
 tok/s no runner can beat; benchmarks state their batch-1 numbers as a fraction of it.
@@ -52,8 +52,21 @@ def cpu_has_bf16() -> bool:
     bf16 against 5.9 ms in float32. AVX512-BF16 alone (no AMX) gives no such gain, and autocast's bf16
     weight copies cost memory, so it stays off there. Training's `--bf16 on|off` overrides.
     """
+    flags = cpu_flags()
+    return flags is not None and "amx_bf16" in flags
+
+
+def cpu_has_avx512() -> bool:
+    """True when the CPU has AVX-512F, which our int8/int4 kernels need; also when flags can't be read
+    (then the kernel build itself tells)."""
+    flags = cpu_flags()
+    return flags is None or "avx512f" in flags
+
+
+def cpu_flags() -> set[str] | None:
+    """The CPU feature flags from /proc/cpuinfo, or None where it cannot be read (not Linux)."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
-    return "amx_bf16" in flags
+        return None
+    return {f for line in text.splitlines() if line.startswith("flags") for f in line.partition(":")[2].split()}

@@ -3,12 +3,13 @@
 `get()` returns the compiled module, or None when it cannot be used here (no C++ compiler,
 no AVX-512, or LLMPRESS_KERNELS=aten); callers then use the aten kernels. The build runs
 once per machine and takes ~30-60 s on 2 cores; a failed build is reported once, with the
-reason, and never stops a run. Without AVX-512 (`torch.backends.cpu.get_cpu_capability()`)
-nothing is built: the kernels would only be scalar code.
+reason, and never stops a run. Without AVX-512 (`evaluate.machine.cpu_has_avx512`) nothing is
+built: the kernels would only be scalar code.
 
 The build lives in `$LLMPRESS_KERNELS_DIR` (default ~/.cache/llmpress/kernels), one directory per
 torch version and source hash. torch guards a build with a `lock` file that it waits on forever
-when a killed build left it behind (a CI run once hung 85 min on one); we hold an OS lock (flock,
+when a killed build left it behind (the likely cause of a CI run that hung 85 min in the
+build); we hold an OS lock (flock,
 released when its process dies) around the build, so a `lock` file found while we hold it is
 stale and is removed.
 """
@@ -24,6 +25,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from llmpress.evaluate.machine import cpu_has_avx512
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +59,6 @@ def _exclusive(directory: Path) -> Iterator[None]:
             log.warning("removing %s, a build lock left behind by a killed kernel build", baton)
             baton.unlink()
         yield
-
-
-def cpu_has_avx512() -> bool:
-    """False when /proc/cpuinfo lists no avx512f; True when it does or cannot be read (then the build tells)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return True
-    return "avx512f" in flags
 
 
 def _build() -> Any:
