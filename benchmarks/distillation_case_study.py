@@ -14,7 +14,7 @@ seeds (a pretrained small model fine-tuned vs distilled). `--task-specific-init 
 the task-specific student from a layer subset of the fine-tuned teacher instead (DistilBERT-style).
 Reported: accuracy and macro-F1 per epoch (Jaccard too for --multi-label), time to classify
 16 items, peak memory (a fresh process per model), parameters; JSON + markdown + a plot.
-Training runs under bf16 autocast where the CPU has AMX (see llmpress.evaluate.machine).
+Training runs under bf16 autocast where the CPU has AMX (see llmpress.hardware).
 
 One command:  .venv/bin/python benchmarks/distillation_case_study.py
 Smoke test:   .venv/bin/python benchmarks/distillation_case_study.py --model builtin:tiny-llama --quick

@@ -95,7 +95,7 @@ def test_our_kernels_match_dequantized_gemm(rows):
 
     from llmpress.compress.quantize import kernels
     from llmpress.compress.quantize.layers import Int4WeightOnlyLinear, Int8WeightOnlyLinear
-    from llmpress.evaluate.machine import cpu_has_avx512
+    from llmpress.hardware import cpu_has_avx512
 
     if not cpu_has_avx512():
         pytest.skip("our kernels are built for AVX-512 machines only")
@@ -320,7 +320,7 @@ def test_quantize_cli(tiny, fresh_registry):
 
 def test_cpu_flags_are_the_flags_line():
     """The probes read the `flags` line's words, not substrings of /proc/cpuinfo as a whole."""
-    from llmpress.evaluate.machine import cpu_flags, cpu_has_avx512, cpu_has_bf16
+    from llmpress.hardware import cpu_flags, cpu_has_avx512, cpu_has_bf16
 
     flags = cpu_flags()
     if flags is None:
@@ -328,3 +328,20 @@ def test_cpu_flags_are_the_flags_line():
     assert "fpu" in flags and "flags" not in flags and not any(":" in f for f in flags)
     assert cpu_has_avx512() == ("avx512f" in flags)
     assert cpu_has_bf16() == ("amx_bf16" in flags)
+
+
+def test_machine_info_records_what_a_benchmark_needs():
+    """Every benchmark result records CPU model, the relevant flags, threads, torch and the commit."""
+    import torch
+
+    from llmpress.hardware import cpu_flags, machine_info
+
+    info = machine_info()
+    assert info["cpu_model"] and isinstance(info["cpu_model"], str)
+    assert info["threads"] == torch.get_num_threads()
+    assert info["torch"] == torch.__version__
+    flags = cpu_flags()
+    if flags is not None:
+        assert set(info["flags"]) <= flags
+        assert ("avx512f" in info["flags"]) == ("avx512f" in flags)
+    assert info["git_commit"] is None or len(info["git_commit"].split("+")[0]) == 40

@@ -18,7 +18,7 @@ from typing import Any
 
 from llmpress.data.finetune import IGNORE, FinetuneData
 from llmpress.errors import LlmpressError
-from llmpress.evaluate.machine import cpu_has_bf16
+from llmpress.hardware import cpu_has_bf16
 from llmpress.tune.config import TrainConfig
 
 

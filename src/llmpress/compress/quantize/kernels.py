@@ -3,7 +3,7 @@
 `get()` returns the compiled module, or None when it cannot be used here (no C++ compiler,
 no AVX-512, or LLMPRESS_KERNELS=aten); callers then use the aten kernels. The build runs
 once per machine and takes ~30-60 s on 2 cores; a failed build is reported once, with the
-reason, and never stops a run. Without AVX-512 (`evaluate.machine.cpu_has_avx512`) nothing is
+reason, and never stops a run. Without AVX-512 (`hardware.cpu_has_avx512`) nothing is
 built: the kernels would only be scalar code.
 
 The build lives in `$LLMPRESS_KERNELS_DIR` (default ~/.cache/llmpress/kernels), one directory per
@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from llmpress.evaluate.machine import cpu_has_avx512
+from llmpress.hardware import cpu_has_avx512
 
 log = logging.getLogger(__name__)
 
