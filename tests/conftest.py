@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+# tests/pg.py: a real PostgreSQL server per session and the sqlite/postgresql `backend_registry` fixture
+pytest_plugins = ["pg"]
+
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"

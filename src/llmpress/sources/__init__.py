@@ -13,6 +13,7 @@ from llmpress.sources.builtin import BUILTINS, load_builtin, models_dir
 __all__ = ["resolve", "BUILTINS", "load_builtin"]
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 
 
 def resolve(spec: str) -> Artifact:
@@ -26,7 +27,11 @@ def resolve(spec: str) -> Artifact:
     if path.exists():
         return _from_path(path)
     from llmpress.registry import get_registry
+    from llmpress.registry.ops import alias_target
 
+    target = alias_target(get_registry(), spec) if ALIAS.match(spec) else None
+    if target is not None:  # an alias (prod, canary...) names the artifact it points at now
+        return Artifact.open(get_registry().get(target).path)
     try:
         row = get_registry().get(spec)
     except NotFoundError:
@@ -35,7 +40,7 @@ def resolve(spec: str) -> Artifact:
         return Artifact.open(row.path)
     if HUB_ID.match(spec) and not spec.startswith((".", "/", "~")):
         return _from_hub(spec)
-    raise NotFoundError(f"model {spec!r} is not a path, a registered artifact, a built-in or a hub id",
+    raise NotFoundError(f"model {spec!r} is not a path, an alias, a registered artifact, a built-in or a hub id",
                         "see `llmpress models list` for what is available")
 
 
