@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml Makefile
 	# Debian fortunes category files: the labeled set of the distillation case study (llmpress.data.fortunes)
 	test -f /usr/share/games/fortunes/people || (apt-get update && apt-get install -y fortunes fortunes-min) || \
 	  (sudo apt-get update && sudo apt-get install -y fortunes fortunes-min)
+	# PostgreSQL server binaries (initdb, pg_ctl, pg_dump, psql): a shared registry, its backup, and the tests
+	# that run the registry on a real server (tests/pg.py); skipped in a second when already installed
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get update && apt-get install -y postgresql) || \
+	  (sudo apt-get update && sudo apt-get install -y postgresql)
 	# Build the int8/int4 decode kernels once now (~30-60 s) rather than inside the first timed run;
 	# capped so a stuck build fails the install in minutes instead of hanging it
 	timeout 1200 $(PY) -c "from llmpress.compress.quantize import kernels; print('llmpress kernels:', 'built' if kernels.get() else 'unavailable, using aten')"

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 
-from llmpress.errors import AuthError, ConfigError, NotFoundError
+from llmpress.errors import AuthError, ConfigError, NotFoundError, RateLimitError
 from llmpress.registry import Registry, get_registry
 from llmpress.registry.tables import ApiKeyRow, DeploymentRow, UsageRow
 
@@ -145,12 +145,39 @@ class KeyStore:
                             "rotate it or create a new one")
         return _info(row)
 
+    def reserve_tokens(self, key_id: str, tokens: int) -> None:
+        """Charge `tokens` (a request's estimate) against the key's budget in one conditional UPDATE, so
+        several server processes sharing the registry can never together spend more than the budget
+        (the row lock serialises them). RateLimitError when it would exceed the budget."""
+        with self.reg.session.begin() as s:
+            res = s.execute(update(ApiKeyRow)
+                            .where(ApiKeyRow.id == key_id,
+                                   or_(ApiKeyRow.token_budget.is_(None),
+                                       ApiKeyRow.tokens_used + tokens <= ApiKeyRow.token_budget))
+                            .values(tokens_used=ApiKeyRow.tokens_used + tokens))
+            if res.rowcount == 1:
+                return
+            row = s.get(ApiKeyRow, key_id)
+        if row is None:
+            raise NotFoundError(f"no API key {key_id!r}", "run `llmpress keys list` to see key ids and names")
+        raise RateLimitError(f"API key {key_id} has used {row.tokens_used} of its {row.token_budget}-token budget; "
+                             f"this request may need {tokens}", "ask for a larger budget or a new key",
+                             retry_after=3600)
+
+    def settle_tokens(self, key_id: str, reserved: int, actual: int) -> None:
+        """Replace a reservation by the tokens actually used (returns the unused part to the budget)."""
+        if actual != reserved:
+            with self.reg.session.begin() as s:
+                s.execute(update(ApiKeyRow).where(ApiKeyRow.id == key_id)
+                          .values(tokens_used=ApiKeyRow.tokens_used + (actual - reserved)))
+
     def record_usage(self, key_id: str | None, request_id: str, model: str, endpoint: str, tokens_in: int,
-                     tokens_out: int, latency_ms: float, status: int) -> None:
+                     tokens_out: int, latency_ms: float, status: int, charge: bool = True) -> None:
+        """One usage row; with `charge` also add the tokens to the key's total (False after reserve/settle)."""
         with self.reg.session.begin() as s:
             s.add(UsageRow(key_id=key_id, request_id=request_id, model=model, endpoint=endpoint, tokens_in=tokens_in,
                            tokens_out=tokens_out, latency_ms=latency_ms, status=status))
-            if key_id is not None and tokens_in + tokens_out:
+            if charge and key_id is not None and tokens_in + tokens_out:
                 s.execute(update(ApiKeyRow).where(ApiKeyRow.id == key_id)
                           .values(tokens_used=ApiKeyRow.tokens_used + tokens_in + tokens_out))
 
@@ -162,10 +189,11 @@ class KeyStore:
             return list(s.scalars(q))
 
     # -- deployments ---------------------------------------------------------------------
-    def start_deployment(self, artifact_id: str, host: str, port: int, config: dict[str, Any]) -> str:
+    def start_deployment(self, artifact_id: str, host: str, port: int, config: dict[str, Any],
+                         alias: str | None = None) -> str:
         dep_id = uuid.uuid4().hex[:12]
         with self.reg.session.begin() as s:
-            s.add(DeploymentRow(id=dep_id, artifact_id=artifact_id, host=host, port=port, config=config))
+            s.add(DeploymentRow(id=dep_id, artifact_id=artifact_id, host=host, port=port, config=config, alias=alias))
         return dep_id
 
     def stop_deployment(self, dep_id: str) -> None:
