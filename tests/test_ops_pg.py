@@ -12,7 +12,7 @@ import textwrap
 import pytest
 from pg import make_artifact
 
-from llmpress.errors import AuthError, NotFoundError, RateLimitError, RegistryError
+from llmpress.errors import AuthError, NotFoundError, RegistryError
 
 
 def test_registry_lookup_lineage_remove(backend_registry) -> None:
@@ -45,12 +45,11 @@ def test_keys_usage_and_deployment_rows(backend_registry) -> None:
     assert ks.verify(secret).id == info.id
     ks.record_usage(info.id, "r1", "m", "chat", 5, 7, 1.5, 200)
     assert ks.verify(secret).tokens_used == 12
-    ks.reserve_tokens(info.id, 80)
-    with pytest.raises(RateLimitError, match="budget"):
-        ks.reserve_tokens(info.id, 9)  # 12 + 80 + 9 > 100
-    ks.settle_tokens(info.id, 80, 30)  # the unused 50 go back
-    ks.record_usage(info.id, "r2", "m", "chat", 10, 20, 2.0, 200, charge=False)
-    assert ks.verify(secret).tokens_used == 42
+    rid = ks.reserve(info.id, 80, ttl_s=60)
+    assert rid is not None
+    assert ks.reserve(info.id, 9, ttl_s=60) is None  # 12 used + 80 held + 9 > 100
+    ks.record_usage(info.id, "r2", "m", "chat", 10, 20, 2.0, 200, reservation=rid)  # charge 30, release 80
+    assert ks.verify(secret).tokens_used == 42 and ks.verify(secret).tokens_reserved == 0
     assert [(u.request_id, u.tokens_in + u.tokens_out) for u in ks.usage(info.id)] == [("r1", 12), ("r2", 30)]
     _, secret2 = ks.rotate("svc")
     with pytest.raises(AuthError):
@@ -69,7 +68,6 @@ def test_keys_usage_and_deployment_rows(backend_registry) -> None:
 # until the budget refuses them (bounded in iterations and time).
 _WORKER = textwrap.dedent("""
     import json, random, sys, threading, time
-    from llmpress.errors import RateLimitError
     from llmpress.registry.keys import KeyStore
     key_id, seed = sys.argv[1], int(sys.argv[2])
     ks = KeyStore()
@@ -81,17 +79,15 @@ _WORKER = textwrap.dedent("""
             if time.monotonic() > deadline:
                 break
             est = rng.randint(5, 20)
-            try:
-                ks.reserve_tokens(key_id, est)
-            except RateLimitError:
+            rid = ks.reserve(key_id, est, 60)
+            if rid is None:
                 with lock:
                     refused[0] += 1
                 if refused[0] > 40:
                     break
                 continue
             actual = est if i % 2 else rng.randint(1, est)  # half use all they reserved: no refund hides an overshoot
-            ks.settle_tokens(key_id, est, actual)
-            ks.record_usage(key_id, f"p{seed}-{t}-{i}", "m", "chat", actual, 0, 0.0, 200, charge=False)
+            ks.record_usage(key_id, f"p{seed}-{t}-{i}", "m", "chat", actual, 0, 0.0, 200, reservation=rid)
             with lock:
                 served.append(actual)
     threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
@@ -120,7 +116,9 @@ def test_two_processes_share_one_budget_on_postgresql(pg_url) -> None:
     rows = ks.usage(info.id)
     tokens_rows = sum(r.tokens_in for r in rows)
     with ks.reg.session() as s:
-        used = s.get(ApiKeyRow, info.id).tokens_used
+        row = s.get(ApiKeyRow, info.id)
+    used = row.tokens_used
+    assert row.tokens_reserved == 0  # every reservation was settled
     assert all(r["served"] > 0 and r["refused"] > 0 for r in results), results  # both served, both were refused
     assert used == tokens_rows == sum(r["tokens"] for r in results)  # every token charged exactly once
     assert used <= budget  # never overspent, although both processes raced for the last tokens

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import delete, select, update
 
-from llmpress.errors import AuthError, ConfigError, NotFoundError, RateLimitError
+from llmpress.errors import AuthError, ConfigError, NotFoundError
 from llmpress.registry import Registry, get_registry
-from llmpress.registry.tables import ApiKeyRow, DeploymentRow, UsageRow
+from llmpress.registry.tables import ApiKeyRow, DeploymentRow, KeyReservationRow, UsageRow
 
 SCOPES = ("completions", "chat", "models", "admin")
 
@@ -34,6 +34,7 @@ class KeyInfo:
     tokens_per_minute: int | None
     token_budget: int | None
     tokens_used: int
+    tokens_reserved: int = 0
 
 
 def _hash(secret: str) -> str:
@@ -50,7 +51,7 @@ def _aware(dt: datetime | None) -> datetime | None:
 
 def _info(row: ApiKeyRow) -> KeyInfo:
     return KeyInfo(row.id, row.name, list(row.scopes or []), row.requests_per_minute, row.tokens_per_minute,
-                   row.token_budget, row.tokens_used or 0)
+                   row.token_budget, row.tokens_used or 0, row.tokens_reserved or 0)
 
 
 class KeyStore:
@@ -145,41 +146,63 @@ class KeyStore:
                             "rotate it or create a new one")
         return _info(row)
 
-    def reserve_tokens(self, key_id: str, tokens: int) -> None:
-        """Charge `tokens` (a request's estimate) against the key's budget in one conditional UPDATE, so
-        several server processes sharing the registry can never together spend more than the budget
-        (the row lock serialises them). RateLimitError when it would exceed the budget."""
-        with self.reg.session.begin() as s:
-            res = s.execute(update(ApiKeyRow)
-                            .where(ApiKeyRow.id == key_id,
-                                   or_(ApiKeyRow.token_budget.is_(None),
-                                       ApiKeyRow.tokens_used + tokens <= ApiKeyRow.token_budget))
-                            .values(tokens_used=ApiKeyRow.tokens_used + tokens))
-            if res.rowcount == 1:
-                return
-            row = s.get(ApiKeyRow, key_id)
-        if row is None:
-            raise NotFoundError(f"no API key {key_id!r}", "run `llmpress keys list` to see key ids and names")
-        raise RateLimitError(f"API key {key_id} has used {row.tokens_used} of its {row.token_budget}-token budget; "
-                             f"this request may need {tokens}", "ask for a larger budget or a new key",
-                             retry_after=3600)
-
-    def settle_tokens(self, key_id: str, reserved: int, actual: int) -> None:
-        """Replace a reservation by the tokens actually used (returns the unused part to the budget)."""
-        if actual != reserved:
-            with self.reg.session.begin() as s:
-                s.execute(update(ApiKeyRow).where(ApiKeyRow.id == key_id)
-                          .values(tokens_used=ApiKeyRow.tokens_used + (actual - reserved)))
-
     def record_usage(self, key_id: str | None, request_id: str, model: str, endpoint: str, tokens_in: int,
-                     tokens_out: int, latency_ms: float, status: int, charge: bool = True) -> None:
-        """One usage row; with `charge` also add the tokens to the key's total (False after reserve/settle)."""
+                     tokens_out: int, latency_ms: float, status: int, reservation: str | None = None) -> None:
+        """One usage row and the key's tokens_used, in one transaction that also releases the request's
+        budget reservation (if any): usage and budget can never disagree, whatever path the request took."""
         with self.reg.session.begin() as s:
-            s.add(UsageRow(key_id=key_id, request_id=request_id, model=model, endpoint=endpoint, tokens_in=tokens_in,
-                           tokens_out=tokens_out, latency_ms=latency_ms, status=status))
-            if charge and key_id is not None and tokens_in + tokens_out:
+            s.add(UsageRow(key_id=key_id, request_id=request_id[:64], model=model, endpoint=endpoint,
+                           tokens_in=tokens_in, tokens_out=tokens_out, latency_ms=latency_ms, status=status))
+            used = tokens_in + tokens_out
+            held = self._release(s, reservation) if reservation else 0
+            if key_id is not None and (used or held):
                 s.execute(update(ApiKeyRow).where(ApiKeyRow.id == key_id)
-                          .values(tokens_used=ApiKeyRow.tokens_used + tokens_in + tokens_out))
+                          .values(tokens_used=ApiKeyRow.tokens_used + used,
+                                  tokens_reserved=ApiKeyRow.tokens_reserved - held))
+
+    # -- budget reservations (requests in flight count against the budget) ----------------
+    def reserve(self, key_id: str, tokens: int, ttl_s: float) -> str | None:
+        """Hold `tokens` of a key's budget for a request in flight; None when the budget cannot cover it.
+
+        One conditional UPDATE does the check and the hold atomically, so concurrent requests, in one
+        process or in several sharing the database, can never overspend the budget together.
+        """
+        res_id = uuid.uuid4().hex
+        with self.reg.session.begin() as s:
+            r = s.execute(update(ApiKeyRow)
+                          .where(ApiKeyRow.id == key_id, ApiKeyRow.token_budget.is_not(None),
+                                 ApiKeyRow.tokens_used + ApiKeyRow.tokens_reserved + tokens <= ApiKeyRow.token_budget)
+                          .values(tokens_reserved=ApiKeyRow.tokens_reserved + tokens))
+            if r.rowcount != 1:
+                return None
+            s.add(KeyReservationRow(id=res_id, key_id=key_id, tokens=tokens,
+                                    expires_at=datetime.now(UTC) + timedelta(seconds=ttl_s)))
+        return res_id
+
+    def _release(self, s: Any, reservation: str) -> int:
+        row = s.get(KeyReservationRow, reservation)
+        if row is None:  # already released (or reclaimed after expiry)
+            return 0
+        n = s.execute(delete(KeyReservationRow).where(KeyReservationRow.id == reservation)).rowcount
+        return row.tokens if n == 1 else 0
+
+    def release(self, reservation: str) -> None:
+        """Give a reservation back without charging anything (the request never ran)."""
+        with self.reg.session.begin() as s:
+            row = s.get(KeyReservationRow, reservation)
+            held = self._release(s, reservation)
+            if held and row is not None:
+                s.execute(update(ApiKeyRow).where(ApiKeyRow.id == row.key_id)
+                          .values(tokens_reserved=ApiKeyRow.tokens_reserved - held))
+
+    def reclaim_expired(self) -> int:
+        """Release reservations whose request can no longer be running (e.g. its server was killed)."""
+        now = datetime.now(UTC)
+        with self.reg.session() as s:
+            ids = list(s.scalars(select(KeyReservationRow.id).where(KeyReservationRow.expires_at < now)))
+        for rid in ids:
+            self.release(rid)
+        return len(ids)
 
     def usage(self, key_id: str | None = None) -> list[UsageRow]:
         with self.reg.session() as s:

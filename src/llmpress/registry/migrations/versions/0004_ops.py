@@ -1,13 +1,13 @@
 """aliases and their history, A/B tests, A/B responses, feedback; deployments.alias
 
 Revision ID: 0004
-Revises: 0003 (set to 0002 on the i16 branch until 0003_gateway_cost is merged)
+Revises: 0003
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0004"
-down_revision = "0002"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
