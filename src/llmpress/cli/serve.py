@@ -58,6 +58,14 @@ def register(app: typer.Typer) -> None:
         threads: int = typer.Option(0, help="torch CPU threads (0: torch's default)"),
         no_auth: bool = typer.Option(False, "--no-auth", help="serve without API keys (loopback binds only)"),
         log_level: str = typer.Option("info", help="uvicorn / llmpress log level"),
+        ab: str = typer.Option("", "--ab", help="serve as one arm of this running A/B test (records responses, "
+                                                "takes POST /v1/feedback)"),
+        arm: str = typer.Option("", help="the arm (default: the arm pinned to the served artifact)"),
+        response_cache: bool = typer.Option(False, help="cache non-streamed temperature-0 responses"),
+        cache_entries: int = typer.Option(1024, help="response cache: max entries"),
+        cache_mb: float = typer.Option(64.0, help="response cache: max MiB"),
+        cache_ttl: float = typer.Option(600.0, help="response cache: seconds an entry lives"),
+        cache_shared: bool = typer.Option(False, help="response cache: share entries across API keys"),
     ) -> None:
         """Serve MODEL over HTTP: /v1/completions, /v1/chat/completions, /v1/models, /generate, /metrics."""
 
@@ -81,6 +89,13 @@ def register(app: typer.Typer) -> None:
                                  kv_cache_mb=kv_cache_mb, block_size=block_size,
                                  enable_prefix_caching=prefix_caching, num_threads=threads or None,
                                  engine_loop="caller")
+            from llmpress.ops.cache import CacheConfig
+            from llmpress.ops.deployments import alias_target
+            from llmpress.server.ops import OpsConfig, install_ops
+
+            alias = model if alias_target(model) else None
+            cache = CacheConfig(cache_entries, int(cache_mb * 2**20), cache_ttl, cache_shared) if response_cache else None
+            install_ops(app, OpsConfig(ab_test=ab or None, arm=arm or None, cache=cache, alias=alias), art.id)
             store = KeyStore()
             if not no_auth and not any(k["status"] == "active" for k in store.list()):
                 console.print("[yellow]warning:[/] no active API keys: every request will get 401; "
@@ -90,7 +105,8 @@ def register(app: typer.Typer) -> None:
                           f"KV cache {eng.runner.num_blocks} blocks x {block_size} tokens "
                           f"({eng.runner.kv_cache_mb:.0f} MiB); loaded in {time.perf_counter() - t_start:.1f} s")
             dep = store.start_deployment(art.id, host, port, {"max_batch": max_batch, "kv_cache_mb": kv_cache_mb,
-                                                              "auth": not no_auth})
+                                                              "auth": not no_auth, "ab": ab or None,
+                                                              "response_cache": response_cache}, alias=alias)
             try:
                 serve_on_main_thread(app, uvicorn.Config(app, host=host, port=port, log_level=log_level,
                                                          access_log=False, timeout_graceful_shutdown=30))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from llmpress.errors import RateLimitError
@@ -42,6 +43,8 @@ class Accounting:
         self.model_name = model_name
         self.limiter = RateLimiter()
         self.ttl = reservation_ttl_s
+        # called after every settle with (charge, tokens_in, tokens_out, status, ttfts): A/B recording (server/ops.py)
+        self.observers: list[Callable[[Charge, int, int, int, list[float]], None]] = []
 
     def open(self, key: KeyInfo | None, request_id: str, endpoint: str, est_tokens: int) -> Charge:
         """Admit a request that may use up to `est_tokens`; RateLimitError (429) when a limit says no."""
@@ -79,6 +82,11 @@ class Accounting:
             m.tpot.observe(t)
         if charge.window is not None:
             self.limiter.settle(charge.window, tokens_in + tokens_out)
+        for observe in self.observers:
+            try:
+                observe(charge, tokens_in, tokens_out, status, list(ttfts or []))
+            except Exception:  # an observer must never fail the response
+                log.exception("settle observer failed", extra={"request_id": charge.request_id})
         if self.keys is None:
             return
         try:
