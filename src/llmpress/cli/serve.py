@@ -43,10 +43,50 @@ def serve_on_main_thread(app: Any, config: Any) -> None:
             signal.signal(s, h)
 
 
+def _serve_multi(specs: list[str], host: str, port: int, no_auth: bool, follow: bool, ab: str, cache: Any,
+                 engine_kw: dict[str, Any], log_level: str) -> None:
+    """Several models, or one alias to follow: `server.multi.MultiModelApp`, one engine thread per model."""
+    import uvicorn
+
+    from llmpress.ops.ab import load
+    from llmpress.registry.keys import KeyStore
+    from llmpress.server import build_app
+    from llmpress.server.multi import MultiModelApp
+    from llmpress.server.ops import OpsConfig, install_ops
+
+    arms = {a.name for a in load(ab).arms} if ab else set()
+
+    def build(spec: str) -> tuple[Any, Any]:
+        app, art = build_app(spec, host=host, auth=not no_auth, engine_loop="background", **engine_kw)
+        in_test = spec in arms
+        install_ops(app, OpsConfig(ab_test=ab if in_test else None, arm=spec if in_test else None, cache=cache,
+                                   alias=spec), art.id)
+        return app, art
+
+    front = MultiModelApp(specs, build, follow=follow, ab_test=ab or None)
+    store = KeyStore()
+    deps = []
+    for s in front.slots:
+        console.print(f"serving [bold]{s.name}[/] = {s.current.artifact.name} ({s.current.artifact.id})"
+                      f"{' (follows the alias)' if s.follows else ''}")
+        deps.append(store.start_deployment(s.current.artifact.id, host, port, {"models": specs, "ab": ab or None,
+                                                                               "auth": not no_auth}, alias=s.name))
+    console.print(f"on http://{host}:{port}")
+    try:
+        uvicorn.Server(uvicorn.Config(front, host=host, port=port, log_level=log_level, access_log=False,
+                                      timeout_graceful_shutdown=30)).run()
+    finally:
+        for d in deps:
+            store.stop_deployment(d)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("serve")
     def serve(
-        model: str = typer.Argument(..., help="builtin:NAME, artifact id/name, local HF dir or .gguf"),
+        model: str = typer.Argument(None, help="builtin:NAME, alias, artifact id/name, local HF dir or .gguf"),
+        models: list[str] = typer.Option(None, "--model", help="serve several models in one process: "
+                                                              "--model prod --model canary"),
+        follow: bool = typer.Option(True, help="follow alias changes without restart (hot swap)"),
         host: str = typer.Option("127.0.0.1", help="bind address"),
         port: int = typer.Option(8000, help="TCP port"),
         max_batch: int = typer.Option(32, help="sequences decoded together"),
@@ -84,17 +124,23 @@ def register(app: typer.Typer) -> None:
             if no_auth:
                 console.print(f"[yellow]warning:[/] serving WITHOUT API keys on {host} (loopback only); "
                               "anyone on this machine can use it")
-            app, art = build_app(model, host=host, auth=not no_auth, max_batch=max_batch,
-                                 max_tokens_per_step=max_tokens_per_step, max_waiting=max_waiting,
-                                 kv_cache_mb=kv_cache_mb, block_size=block_size,
-                                 enable_prefix_caching=prefix_caching, num_threads=threads or None,
-                                 engine_loop="caller")
             from llmpress.ops.cache import CacheConfig
             from llmpress.ops.deployments import alias_target
             from llmpress.server.ops import OpsConfig, install_ops
 
-            alias = model if alias_target(model) else None
+            specs = ([model] if model else []) + list(models or [])
+            if not specs:
+                raise ConfigError("no model to serve", "pass MODEL, or --model NAME once per model", param="model")
             cache = CacheConfig(cache_entries, int(cache_mb * 2**20), cache_ttl, cache_shared) if response_cache else None
+            engine_kw: dict[str, Any] = dict(max_batch=max_batch, max_tokens_per_step=max_tokens_per_step,
+                                             max_waiting=max_waiting, kv_cache_mb=kv_cache_mb, block_size=block_size,
+                                             enable_prefix_caching=prefix_caching, num_threads=threads or None)
+            if len(specs) > 1 or (follow and alias_target(specs[0])):
+                _serve_multi(specs, host, port, no_auth, follow, ab, cache, engine_kw, log_level)
+                return
+            model_spec = specs[0]
+            app, art = build_app(model_spec, host=host, auth=not no_auth, engine_loop="caller", **engine_kw)
+            alias = model_spec if alias_target(model_spec) else None
             install_ops(app, OpsConfig(ab_test=ab or None, arm=arm or None, cache=cache, alias=alias), art.id)
             store = KeyStore()
             if not no_auth and not any(k["status"] == "active" for k in store.list()):
