@@ -55,6 +55,7 @@ class Slot:
     follows: bool = False
     retired: list[_Served] = field(default_factory=list)
     swaps: int = 0
+    failed: str | None = None  # an artifact the alias pointed at that could not be loaded
 
     def names(self) -> set[str]:
         a = self.current.artifact
@@ -171,13 +172,15 @@ class MultiModelApp:
             for s in self.slots:
                 if not s.follows:
                     continue
+                target = None
                 try:
                     target = await asyncio.to_thread(alias_target, s.name)
-                    if target and target != s.current.artifact.id:
+                    if target and target != s.current.artifact.id and target != s.failed:
                         await self.swap(s)
                 except Exception:  # a bad new artifact must not take the serving one down
+                    s.failed = target  # not retried until the alias moves again
                     log.exception("hot swap failed; still serving the previous artifact",
-                                  extra={"model": s.name})
+                                  extra={"model": s.name, "artifact": target})
             await self._reap()
 
     async def swap(self, s: Slot) -> None:
