@@ -123,3 +123,84 @@ def test_two_processes_share_one_budget_on_postgresql(pg_url) -> None:
     assert used == tokens_rows == sum(r["tokens"] for r in results)  # every token charged exactly once
     assert used <= budget  # never overspent, although both processes raced for the last tokens
     assert used > budget - 20 * 8  # and the budget was really used up (at most one estimate per thread left)
+
+
+@pytest.mark.slow
+def test_two_serve_processes_share_one_budget_on_postgresql(pg_url, monkeypatch, tiny) -> None:
+    """Two `llmpress serve` processes on one PostgreSQL registry, 8 concurrent clients spread over both:
+    together they never spend more than the key's budget, and every token served is charged once."""
+    import signal
+    import socket
+    import threading
+    import time
+
+    import httpx
+
+    from llmpress.registry import get_registry
+    from llmpress.registry.keys import KeyStore
+    from llmpress.registry.tables import ApiKeyRow
+    from llmpress.sources import resolve
+
+    monkeypatch.setenv("LLMPRESS_DATABASE_URL", pg_url)
+    reg = get_registry()  # migrated once here, so the two servers do not race to create the schema
+    resolve("builtin:tiny-llama")  # registered here for the same reason
+    budget = 600
+    info, secret = KeyStore(reg).create("shared-serve", token_budget=budget)
+    ports, procs = [], []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    env = dict(os.environ, LLMPRESS_DATABASE_URL=pg_url)
+    for port in ports:
+        procs.append(subprocess.Popen([sys.executable, "-m", "llmpress.cli.main", "serve", "builtin:tiny-llama",
+                                       "--port", str(port), "--kv-cache-mb", "16", "--log-level", "warning"],
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        for port, p in zip(ports, procs, strict=True):
+            deadline = time.monotonic() + 180
+            while True:
+                assert p.poll() is None, p.stderr.read()
+                assert time.monotonic() < deadline, "serve did not become ready"
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.3)
+        served, refused, lock = [], {p: 0 for p in ports}, threading.Lock()
+
+        def client(i: int) -> None:
+            port = ports[i % 2]
+            for _ in range(30):
+                r = httpx.post(f"http://127.0.0.1:{port}/v1/completions", timeout=120,
+                               headers={"Authorization": f"Bearer {secret}"},
+                               json={"model": "tiny-llama", "prompt": "Hello there", "max_tokens": 12,
+                                     "temperature": 0, "ignore_eos": True})
+                with lock:
+                    if r.status_code == 200:
+                        served.append(r.json()["usage"]["total_tokens"])
+                    else:
+                        assert r.status_code == 429 and r.json()["error"]["code"] == "insufficient_quota", r.text
+                        refused[port] += 1
+                if refused[port] >= 3:
+                    return
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+        [t.start() for t in threads]
+        [t.join(600) for t in threads]
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    with reg.session() as s:
+        row = s.get(ApiKeyRow, info.id)
+    usage = [u for u in KeyStore(reg).usage(info.id) if u.status == 200]
+    assert all(n > 0 for n in refused.values()), refused  # both servers hit the shared budget
+    assert row.tokens_used == sum(served) == sum(u.tokens_in + u.tokens_out for u in usage)
+    assert row.tokens_used <= budget and row.tokens_reserved == 0
+    assert row.tokens_used > budget - 8 * 25  # used up, up to what the in-flight reservations held back
