@@ -12,8 +12,6 @@ import httpx
 import openai
 import pytest
 import torch
-
-
 from live import free_port as _free_port
 from live import start_server
 
