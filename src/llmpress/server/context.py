@@ -21,7 +21,7 @@ from llmpress.registry.keys import KeyInfo, KeyStore
 from llmpress.server.accounting import Accounting, Charge
 from llmpress.server.driver import EngineDriver
 from llmpress.server.metrics import Metrics
-from llmpress.server.streaming import RequestHandle, SettlingStream
+from llmpress.server.streaming import ClientGone, RequestHandle, SettlingStream
 
 Stream = Callable[[Request, RequestHandle, dict[str, int]], AsyncIterator[str]]
 
@@ -30,7 +30,7 @@ def status_of(e: BaseException) -> int:
     """The HTTP status a request that ended with `e` is recorded under (499: the client went away)."""
     if isinstance(e, LlmpressError):
         return e.http_status
-    return 499 if isinstance(e, asyncio.CancelledError | GeneratorExit) else 500
+    return 499 if isinstance(e, asyncio.CancelledError | GeneratorExit | ClientGone) else 500
 
 
 @dataclass

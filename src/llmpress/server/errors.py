@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmpress.errors import LlmpressError, OverloadedError, RateLimitError
 from llmpress.server.schemas import ErrorResponse
+from llmpress.server.streaming import ClientGone
 
 log = logging.getLogger("llmpress.server")
 
@@ -78,6 +79,10 @@ def install_error_handlers(app: FastAPI) -> None:
         param = ".".join(loc) or None
         msg = f"{param}: {first.get('msg', 'invalid value')}" if param else str(first.get("msg", "invalid request"))
         return error_json(422, msg, "invalid_request_error", param, first.get("type"))
+
+    @app.exception_handler(ClientGone)
+    async def _gone(request: Request, e: ClientGone) -> JSONResponse:
+        return error_json(499, str(e), "client_closed_request")  # nobody reads it; keeps the log quiet
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,10 @@ from starlette.types import Receive, Scope, Send
 
 from llmpress.engine import Sequence, StepOutput
 from llmpress.errors import EngineFaultError, LlmpressError
+
+
+class ClientGone(Exception):
+    """The client hung up before its answer was ready (recorded as status 499)."""
 
 
 @dataclass
@@ -55,6 +60,7 @@ class RequestHandle:
         self.seqs = seqs
         self.choices = [Choice(list(s.token_ids)) for s in seqs]
         self.index = {s.seq_id: i for i, s in enumerate(seqs)}
+        self._checked = time.monotonic()
 
     def sink(self, out: StepOutput) -> None:
         """Called on the engine thread: only hand the output over to the event loop."""
@@ -96,13 +102,18 @@ class RequestHandle:
         return ttfts, tpots
 
     async def next(self, request: Request) -> StepOutput:
-        """The next output; raises CancelledError when the client has gone away."""
+        """The next output; raises ClientGone when the client has gone away (checked every 0.5 s,
+        also while outputs keep coming, so a busy request notices a hang-up too)."""
         while True:
+            now = time.monotonic()
+            if now - self._checked > 0.5:
+                self._checked = now
+                if await request.is_disconnected():
+                    raise ClientGone("the client closed the connection")
             try:
                 return await asyncio.wait_for(self.queue.get(), timeout=0.5)
             except TimeoutError:
-                if await request.is_disconnected():
-                    raise asyncio.CancelledError from None
+                continue
 
     async def wait(self, request: Request) -> None:
         while not self.done:
