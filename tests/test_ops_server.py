@@ -127,6 +127,10 @@ def test_response_cache_per_key_and_never_past_auth(live) -> None:
     again = live.post("/v1/completions", body)
     assert again.headers["x-llmpress-cache"] == "hit"
     assert again.json()["choices"] == first.json()["choices"]
+    # a hit is a new response of the arm: its own id (header = llmpress field), recorded, open to feedback
+    hit_id = again.headers["x-llmpress-response-id"]
+    assert hit_id != first.headers["x-llmpress-response-id"] and again.json()["llmpress"]["response_id"] == hit_id
+    assert live.post("/v1/feedback", {"id": hit_id, "rating": 0}).status_code == 200
     assert live.post("/v1/completions", body, key="b").headers["x-llmpress-cache"] == "miss"  # another key
     assert live.post("/v1/completions", body, key="").status_code == 401  # a hit never skips auth
     sampled = live.post("/v1/completions", {**body, "temperature": 0.8, "seed": 1})

@@ -24,8 +24,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi import FastAPI
 from prometheus_client import Counter, Gauge
 
 from llmpress.errors import ConfigError, LlmpressError
@@ -111,93 +110,175 @@ def install_ops(app: FastAPI, config: OpsConfig, artifact_id: str) -> None:
     app.include_router(feedback.router(ctx, lambda t, a, r: (fb_count.labels(t, a).inc(),
                                                             fb_sum.labels(t, a).inc(r or 0.0))))
 
-    @app.middleware("http")
-    async def _ops(request: Request, call_next: Any) -> Response:
-        endpoint = GENERATE_PATHS.get(request.url.path)
-        if endpoint is None or request.method != "POST":
-            return await call_next(request)
-        body: dict[str, Any] | None = None
-        raw = await request.body()
+    def hit_recorded(rid: str, user: str | None, payload: bytes, t0: float) -> None:
+        """A cache hit inside an A/B test is a response the user sees: record it under the arm too."""
+        if test is None or arm is None:
+            return
+        try:
+            tokens_out = int(json.loads(payload).get("usage", {}).get("completion_tokens", 0))
+        except (ValueError, AttributeError, TypeError):
+            tokens_out = 0
+        ab_responses.labels(test.name, arm.name, "200").inc()
+        ab.record_response(test.name, rid, arm.name, user, 200, ttft_ms=None,
+                           latency_ms=(time.perf_counter() - t0) * 1000, tokens_out=tokens_out)
+
+    app.add_middleware(_OpsMiddleware, ctx=ctx, artifact_id=artifact_id, cache=cache, test=test, arm=arm,
+                       users=users, budget_rejections=budget_rejections, hit_recorded=hit_recorded)
+
+
+class _OpsMiddleware:
+    """Plain ASGI (like the server's own middleware, so the client's disconnect still reaches the
+    endpoint): reads a generation request's JSON body once and replays it, serves cache hits, tags
+    A/B responses and adds their `llmpress` field, stores cacheable answers, counts budget refusals."""
+
+    def __init__(self, app: Any, ctx: Any, artifact_id: str, cache: ResponseCache | None, test: Any, arm: Any,
+                 users: dict[str, str], budget_rejections: Any, hit_recorded: Any) -> None:
+        self.app, self.ctx, self.artifact_id, self.cache = app, ctx, artifact_id, cache
+        self.test, self.arm, self.users = test, arm, users
+        self.budget_rejections, self.hit_recorded = budget_rejections, hit_recorded
+
+    def _tags(self, rid: str) -> list[tuple[bytes, bytes]]:
+        if self.arm is None:
+            return []
+        return [(b"x-llmpress-arm", self.arm.name.encode()), (b"x-llmpress-ab-test", self.test.name.encode()),
+                (b"x-llmpress-response-id", rid.encode())]
+
+    def _annotate(self, payload: bytes, rid: str) -> bytes:
+        if self.arm is None:
+            return payload
+        try:
+            doc = json.loads(payload)
+        except ValueError:
+            return payload
+        doc["llmpress"] = {"response_id": rid, "ab_test": self.test.name, "arm": self.arm.name}
+        return json.dumps(doc).encode()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        endpoint = GENERATE_PATHS.get(scope.get("path", "")) if scope["type"] == "http" else None
+        if endpoint is None or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        raw, disconnected = await _read_body(receive)
+        if disconnected:
+            return
         try:
             parsed = json.loads(raw) if raw else None
-            body = parsed if isinstance(parsed, dict) else None
         except ValueError:
-            body = None
-        # this middleware runs before the one that assigns request ids: assign it here, the same way
-        rid = request.headers.get("x-request-id")
-        if rid is None:
+            parsed = None
+        body: dict[str, Any] | None = parsed if isinstance(parsed, dict) else None
+        headers = dict(scope["headers"])
+        # this runs before the middleware that assigns request ids: assign it here, the same way
+        rid_b = headers.get(b"x-request-id")
+        if rid_b is None:
             rid = uuid.uuid4().hex[:16]
-            request.scope["headers"] = [*request.scope["headers"], (b"x-request-id", rid.encode())]
-        if body is not None and body.get("user") is not None and arm is not None:
-            users[rid] = str(body["user"])[:255]
-        ckey = None
-        if cache is not None and body is not None and not body.get("stream"):
-            header = request.headers.get("authorization", "")
-            secret = header[7:].strip() if header.lower().startswith("bearer ") else None
-            scope = None
-            if ctx.keys is not None:  # a hit must pass the same key checks as a miss
-                try:
-                    key = await asyncio.to_thread(ctx.keys.verify, secret)
-                except LlmpressError:
-                    key = None  # let the route answer the auth error
-                if key is not None and SCOPE[endpoint] not in key.scopes and "admin" not in key.scopes:
-                    key = None
-                scope = key.id if key else None
-                if key is None:
-                    return await call_next(request)
-            ckey = cache.key(artifact_id, endpoint, body, scope)
-            hit = cache.get(ckey) if ckey else None
-            if hit is not None:
-                if ctx.keys is not None and scope is not None:
-                    await asyncio.to_thread(ctx.keys.record_usage, scope, rid, ctx.config.model_name,
-                                            endpoint + ":cache", 0, 0, 0.0, 200)
-                resp = Response(hit, media_type="application/json", headers={"x-llmpress-cache": "hit"})
-                return _tag(resp, rid, test, arm)
-        response = await call_next(request)
-        if not body_is_stream(response):
-            users.pop(rid, None)  # settled already (or never admitted)
-        if response.status_code == 429 and not body_is_stream(response):
-            payload = await _read(response)
-            if b"insufficient_quota" in payload:
-                budget_rejections.inc()
-            return Response(payload, status_code=429, headers=_plain_headers(response),
-                            media_type=response.media_type)
-        if response.status_code != 200 or body is None or body.get("stream") or (ckey is None and arm is None):
-            return _tag(response, rid, test, arm)
-        payload = await _read(response)
-        if arm is not None:
-            try:
-                doc = json.loads(payload)
-                doc["llmpress"] = {"response_id": rid, "ab_test": test.name if test else None, "arm": arm.name}
-                payload = json.dumps(doc).encode()
-            except ValueError:
-                pass
-        if ckey is not None and cache is not None:
-            cache.put(ckey, payload)
-            extra = {"x-llmpress-cache": "miss"}
+            scope = {**scope, "headers": [*scope["headers"], (b"x-request-id", rid.encode())]}
         else:
-            extra = {}
-        resp = Response(payload, status_code=200, headers={**_plain_headers(response), **extra},
-                        media_type="application/json")
-        return _tag(resp, rid, test, arm)
+            rid = rid_b.decode("latin-1")
+        user = str(body["user"])[:255] if body is not None and body.get("user") is not None else None
+        if user is not None and self.arm is not None:
+            self.users[rid] = user
+        ckey, key_id = await self._cache_key(endpoint, body, headers)
+        if ckey is not None and self.cache is not None:
+            hit = self.cache.get(ckey)
+            if hit is not None:
+                await self._serve_hit(scope, send, endpoint, rid, user, hit, key_id, t0)
+                return
+        await self.app(scope, _replay(raw, receive), self._wrap_send(send, rid, ckey))
+        self.users.pop(rid, None)  # settled already, or never admitted
 
-    def _tag(resp: Response, rid: str, test: Any, arm: Any) -> Response:
-        if arm is not None:
-            resp.headers["x-llmpress-arm"] = arm.name
-            resp.headers["x-llmpress-ab-test"] = test.name
-            resp.headers["x-llmpress-response-id"] = rid
-        return resp
+    async def _cache_key(self, endpoint: str, body: dict[str, Any] | None,
+                         headers: dict[bytes, bytes]) -> tuple[str | None, str | None]:
+        """(cache key, verified API key id); (None, None) when the request is not served from the cache."""
+        if self.cache is None or body is None or body.get("stream"):
+            return None, None
+        scope_id = None
+        if self.ctx.keys is not None:  # a hit must pass the same key checks as a miss
+            auth = headers.get(b"authorization", b"").decode("latin-1")
+            secret = auth[7:].strip() if auth.lower().startswith("bearer ") else None
+            try:
+                key = await asyncio.to_thread(self.ctx.keys.verify, secret)
+            except LlmpressError:
+                return None, None  # the route answers the auth error
+            if SCOPE[endpoint] not in key.scopes and "admin" not in key.scopes:
+                return None, None
+            scope_id = key.id
+        return self.cache.key(self.artifact_id, endpoint, body, scope_id), scope_id
+
+    async def _serve_hit(self, scope: dict[str, Any], send: Any, endpoint: str, rid: str, user: str | None,
+                         hit: bytes, key_id: str | None, t0: float) -> None:
+        keys, cfg = self.ctx.keys, self.ctx.config
+        if keys is not None and key_id is not None:
+            await asyncio.to_thread(keys.record_usage, key_id, rid, cfg.model_name, endpoint + ":cache", 0, 0,
+                                    (time.perf_counter() - t0) * 1000, 200)
+        await asyncio.to_thread(self.hit_recorded, rid, user, hit, t0)
+        payload = self._annotate(hit, rid)
+        self.ctx.metrics.requests.labels(scope["path"], "200").inc()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(payload)).encode()), (b"x-request-id", rid.encode()),
+                                (b"x-llmpress-cache", b"hit"), *self._tags(rid)]})
+        await send({"type": "http.response.body", "body": payload})
+
+    def _wrap_send(self, send: Any, rid: str, ckey: str | None) -> Any:
+        """Tag the response; buffer a JSON 200 (to annotate / cache it) or a 429 (to count budget refusals)."""
+        state: dict[str, Any] = {"start": None, "chunks": [], "mode": "pass"}
+
+        async def wrapped(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                ctype = dict(message.get("headers", [])).get(b"content-type", b"")
+                json_body = ctype.startswith(b"application/json")
+                status = message["status"]
+                message = {**message, "headers": [*message.get("headers", []), *self._tags(rid)]}
+                if json_body and ((status == 200 and (ckey is not None or self.arm is not None)) or status == 429):
+                    state["start"], state["mode"] = message, ("429" if status == 429 else "rewrite")
+                    return
+                await send(message)
+                return
+            if message["type"] != "http.response.body" or state["mode"] == "pass":
+                await send(message)
+                return
+            state["chunks"].append(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            payload = b"".join(state["chunks"])
+            start = state["start"]
+            extra: list[tuple[bytes, bytes]] = []
+            if state["mode"] == "429":
+                if b"insufficient_quota" in payload:
+                    self.budget_rejections.inc()
+            else:
+                if ckey is not None and self.cache is not None:
+                    self.cache.put(ckey, payload)  # stored without this response's id and arm
+                    extra = [(b"x-llmpress-cache", b"miss")]
+                payload = self._annotate(payload, rid)
+            hdrs = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
+            await send({**start, "headers": [*hdrs, (b"content-length", str(len(payload)).encode()), *extra]})
+            await send({"type": "http.response.body", "body": payload})
+
+        return wrapped
 
 
-def body_is_stream(response: Response) -> bool:
-    return (response.headers.get("content-type") or "").startswith("text/event-stream")
+async def _read_body(receive: Any) -> tuple[bytes, bool]:
+    chunks = []
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            return b"".join(chunks), True
+        chunks.append(msg.get("body", b""))
+        if not msg.get("more_body"):
+            return b"".join(chunks), False
 
 
-async def _read(response: Any) -> bytes:
-    chunks = [c if isinstance(c, bytes) else c.encode() async for c in response.body_iterator]
-    return b"".join(chunks)
+def _replay(body: bytes, receive: Any) -> Any:
+    """The body once, then the client's own messages (so a later disconnect still arrives)."""
+    sent = False
 
+    async def replay() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
 
-def _plain_headers(response: Response) -> dict[str, str]:
-    return {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
-
+    return replay
