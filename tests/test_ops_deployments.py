@@ -71,6 +71,11 @@ def test_alias_resolves_as_a_model(fresh_registry, tiny) -> None:
     assert art.id == tiny.id and art.path == tiny.path
     with pytest.raises(NotFoundError, match="alias"):
         resolve("not-an-alias")
+    gone = make_artifact(fresh_registry, "short-lived")
+    deploy(gone.id, "dangling", registry=fresh_registry)
+    fresh_registry.remove(gone.id)
+    with pytest.raises(NotFoundError, match="no longer in the registry"):
+        resolve("dangling")
 
 
 def test_cli(cli, fresh_registry) -> None:

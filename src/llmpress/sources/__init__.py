@@ -31,7 +31,11 @@ def resolve(spec: str) -> Artifact:
 
     target = alias_target(get_registry(), spec) if ALIAS.match(spec) else None
     if target is not None:  # an alias (prod, canary...) names the artifact it points at now
-        return Artifact.open(get_registry().get(target).path)
+        try:
+            return Artifact.open(get_registry().get(target).path)
+        except NotFoundError:
+            raise NotFoundError(f"alias {spec!r} points at artifact {target}, which is no longer in the registry",
+                                f"`llmpress rollback {spec}` or `llmpress deploy ARTIFACT --alias {spec}`") from None
     try:
         row = get_registry().get(spec)
     except NotFoundError:
