@@ -131,7 +131,9 @@ def _snapshot_registry(reg: Registry, kind: str, dest: Path) -> None:
     """A consistent copy of the registry at one moment, while others may keep writing."""
     if kind == "sqlite":
         src_path = make_url(reg.url).database
-        src = sqlite3.connect(f"file:{src_path}?mode=ro", uri=True)
+        from urllib.parse import quote
+
+        src = sqlite3.connect(f"file:{quote(str(src_path))}?mode=ro", uri=True)
         dst = sqlite3.connect(dest)
         try:
             with dst:
