@@ -81,6 +81,7 @@ def test_simulated_run_picks_the_better_arm_at_the_sample_size_it_asked_for(two_
     rep = ab.report("quality", reg)
     comp = rep.comparisons[0]
     assert rep.winner == "canary" and comp.p_value < 0.05 and comp.difference > 0
+    assert not comp.underpowered and "underpowered" not in rep.verdict
     assert comp.mde < early.comparisons[0].mde  # more data, smaller detectable effect
     by = {a.arm: a for a in rep.arms}
     for arm, acc in accuracy.items():
@@ -105,6 +106,16 @@ def test_scores_use_mann_whitney(two_models) -> None:
     rep = ab.report("stars", reg)
     assert not rep.binary and rep.comparisons[0].test == "mann-whitney u"
     assert rep.winner == "canary" and rep.comparisons[0].p_value < 0.05
+
+
+def test_a_significant_but_underpowered_result_says_so() -> None:
+    from llmpress.ops.ab import _verdict, compare
+
+    # 40 ratings per arm, 0.55 vs 0.80: significant, but this gap needs more ratings for 80 % power
+    c = compare([1.0] * 22 + [0.0] * 18, [1.0] * 32 + [0.0] * 8, True, "canary", "prod")
+    assert c.significant and c.n_needed_per_arm > 40 and c.underpowered
+    winner, verdict = _verdict("prod", [c])
+    assert winner == "canary" and "underpowered" in verdict
 
 
 def test_no_difference_is_not_significant() -> None:

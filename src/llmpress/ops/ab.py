@@ -240,6 +240,13 @@ class Comparison:
     significant: bool
     mde: float  # smallest difference this n detects with 80 % power at alpha 0.05
     n_needed_per_arm: int | None  # for the observed difference (None when it is 0)
+    n_control: int = 0
+    n_arm: int = 0
+
+    @property
+    def underpowered(self) -> bool:
+        """Fewer ratings than the observed gap needs for 80 % power: a significant p may be a lucky draw."""
+        return self.n_needed_per_arm is not None and min(self.n_control, self.n_arm) < self.n_needed_per_arm
 
 
 @dataclass
@@ -290,7 +297,7 @@ def compare(control: list[float], arm: list[float], binary: bool, arm_name: str 
     n1, n2 = len(control), len(arm)
     za, zb = stats.norm.ppf(1 - ALPHA / 2), stats.norm.ppf(POWER)
     if n1 < 2 or n2 < 2:
-        return Comparison(arm_name, control_name, "none", 0.0, 1.0, False, float("inf"), None)
+        return Comparison(arm_name, control_name, "none", 0.0, 1.0, False, float("inf"), None, n1, n2)
     m1, m2 = sum(control) / n1, sum(arm) / n2
     diff = m2 - m1
     if binary:
@@ -308,7 +315,7 @@ def compare(control: list[float], arm: list[float], binary: bool, arm_name: str 
         var_sum = v1 + v2
         kind = "mann-whitney u"
     needed = math.ceil((za + zb) ** 2 * var_sum / diff**2) if diff else None
-    return Comparison(arm_name, control_name, kind, diff, float(p), bool(p < ALPHA), float(mde), needed)
+    return Comparison(arm_name, control_name, kind, diff, float(p), bool(p < ALPHA), float(mde), needed, n1, n2)
 
 
 def report(name: str, registry: Registry | None = None) -> AbReport:
@@ -358,8 +365,10 @@ def _verdict(control: str, comps: list[Comparison]) -> tuple[str | None, str]:
     better = [c for c in comps if c.significant and c.difference > 0]
     if better:
         best = max(better, key=lambda c: c.difference)
+        note = (f"; underpowered ({min(best.n_control, best.n_arm)} of ~{best.n_needed_per_arm} ratings per arm "
+                "for 80 % power): keep it running before promoting") if best.underpowered else ""
         return best.arm, (f"{best.arm} is better than {control} by {best.difference:+.3f} "
-                          f"(p = {best.p_value:.2g} < {ALPHA})")
+                          f"(p = {best.p_value:.2g} < {ALPHA}){note}")
     if comps and all(c.significant and c.difference < 0 for c in comps):
         return control, f"{control} is better than every other arm (all p < {ALPHA})"
     need = [c.n_needed_per_arm for c in comps if c.n_needed_per_arm]
