@@ -95,5 +95,13 @@ def test_cli(cli, fresh_registry) -> None:
     assert r.exit_code == NotFoundError.exit_code and "no alias 'ghost'" in r.output
     r = run(cli, ["rollback", "prod"])
     assert r.exit_code == RegistryError.exit_code and "no earlier artifact" in r.output
+    from llmpress.registry.keys import KeyStore
+
+    dep = KeyStore(fresh_registry).start_deployment(b.id, "127.0.0.1", 8123, {}, alias="prod")
+    running = json.loads(run(cli, ["deployments", "servers", "--json"]).stdout)
+    assert [(x["id"], x["alias"], x["port"]) for x in running] == [(dep, "prod", 8123)]
+    KeyStore(fresh_registry).stop_deployment(dep)
+    assert json.loads(run(cli, ["deployments", "servers", "--json"]).stdout) == []
+    assert len(json.loads(run(cli, ["deployments", "servers", "--all", "--json"]).stdout)) == 1
     r = run(cli, ["deploy", "zzzz-missing", "--alias", "prod"])
     assert r.exit_code == NotFoundError.exit_code and len(r.output.strip().splitlines()) == 1

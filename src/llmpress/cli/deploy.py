@@ -66,6 +66,28 @@ def register(app: typer.Typer) -> None:
 
         run_guarded(body)
 
+    @deps.command("servers")
+    def servers(all_: bool = typer.Option(False, "--all", help="include stopped servers"),
+                as_json: bool = typer.Option(False, "--json")) -> None:
+        """Server processes started by `llmpress serve` (running ones unless --all)."""
+
+        def body() -> None:
+            from rich.table import Table
+
+            from llmpress.ops.deployments import servers as get_servers
+
+            rows = get_servers(running_only=not all_)
+            if as_json:
+                print_json(rows)
+                return
+            t = Table("id", "alias", "artifact", "address", "started", "stopped")
+            for r in rows:
+                t.add_row(r["id"], r["alias"] or "-", r["artifact_id"], f"{r['host']}:{r['port']}",
+                          str(r["started_at"])[:19], str(r["stopped_at"] or "running")[:19])
+            out.print(t)
+
+        run_guarded(body)
+
     @deps.command("history")
     def history(alias: str = typer.Argument(..., help="the alias"),
                 as_json: bool = typer.Option(False, "--json")) -> None:

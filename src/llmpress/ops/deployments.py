@@ -156,6 +156,20 @@ def history(alias: str, registry: Registry | None = None) -> list[AliasEvent]:
                        e.created_at, e.note or "", e.id == cur.event_id) for e in evs]
 
 
+def servers(registry: Registry | None = None, running_only: bool = True) -> list[dict[str, Any]]:
+    """Server processes recorded by `llmpress serve` (the 0002 deployments table): what runs where."""
+    from llmpress.registry.tables import DeploymentRow
+
+    reg = registry or get_registry()
+    with reg.session() as s:
+        q = select(DeploymentRow).order_by(DeploymentRow.started_at)
+        if running_only:
+            q = q.where(DeploymentRow.stopped_at.is_(None))
+        rows = list(s.scalars(q))
+    return [{"id": r.id, "alias": r.alias, "artifact_id": r.artifact_id, "host": r.host, "port": r.port,
+             "started_at": r.started_at, "stopped_at": r.stopped_at, "config": r.config} for r in rows]
+
+
 def aliases_of(artifact_id: str, registry: Registry | None = None) -> list[str]:
     """The aliases that currently point at an artifact (e.g. to refuse removing a served model)."""
     reg = registry or get_registry()
