@@ -17,11 +17,11 @@ def quiet_hf() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except Exception:  # pragma: no cover - transformers missing is reported elsewhere
-        pass
+    except ImportError as e:  # every caller goes on to load a model with transformers: say why it cannot
+        raise SourceError(f"transformers cannot be imported ({type(e).__name__}: {e})",
+                          "reinstall llmpress's dependencies (`pip install -e .`; it needs transformers>=5.0)") from e
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 
 def read_config(path: Path) -> dict[str, Any]:
