@@ -157,11 +157,15 @@ def main() -> None:
     from llmpress.artifact import Step, create_artifact
     from llmpress.cli.common import progress
     from llmpress.compress.distill import lm_dataset, train
-    from llmpress.compress.distill.student import layer_subset, param_count
+    from llmpress.compress.distill.student import layer_subset
     from llmpress.data import load_corpus
     from llmpress.data.fortunes import load_fortunes
+    from llmpress.modelstats import count_parameters
     from llmpress.sources import resolve
     from llmpress.sources.hf import quiet_hf, save_model
+
+    def param_count(model: Any) -> int:
+        return count_parameters(model, nonzero=False)["params"]
 
     quiet_hf()
     torch.set_num_threads(args.threads)

@@ -112,10 +112,12 @@ class Manifest:
             ) from e
 
 
-# Loader plugins: stages to the right of this module (quantize, tune, export) register how
+# Loader plugins: stages to the right of this module (sources, quantize, tune, export) register how
 # their artifacts become runnable models. The table maps loader name -> module to import,
 # so this module never imports them at start-up.
 _LOADER_MODULES: dict[str, str] = {
+    "hf": "llmpress.sources.hf",  # plain from_pretrained; also registers the "tokenizer" loader
+    "tokenizer": "llmpress.sources.hf",
     "quantized": "llmpress.compress.quantize",
     "adapter": "llmpress.tune.adapters",
 }
@@ -128,6 +130,15 @@ def register_loader(name: str) -> Callable[[Callable[..., Any]], Callable[..., A
         return fn
 
     return deco
+
+
+def _loader(name: str, where: Path) -> Callable[..., Any]:
+    if name not in _LOADERS and name in _LOADER_MODULES:
+        importlib.import_module(_LOADER_MODULES[name])
+    if name not in _LOADERS:
+        raise ManifestError(f"artifact {where} needs loader {name!r}, which this llmpress does not have",
+                            "upgrade llmpress or install the extra that provides it")
+    return _LOADERS[name]
 
 
 class Artifact:
@@ -195,27 +206,11 @@ class Artifact:
 
     def load_model(self, **kwargs: Any) -> Any:
         """Rebuild the runnable torch model with the loader the manifest names."""
-        name = self.manifest.loader
-        if name == "hf":
-            from llmpress.sources.hf import load_hf_model
-
-            return load_hf_model(self.path, **kwargs)
-        if name not in _LOADERS and name in _LOADER_MODULES:
-            importlib.import_module(_LOADER_MODULES[name])
-        if name not in _LOADERS:
-            raise ManifestError(f"artifact {self.path} needs loader {name!r}, which this llmpress does not have",
-                                "upgrade llmpress or install the extra that provides it")
-        return _LOADERS[name](self, **kwargs)
+        return _loader(self.manifest.loader, self.path)(self, **kwargs)
 
     def load_tokenizer(self) -> Any:
-        from llmpress.sources.hf import load_tokenizer
-
-        base = self.path
-        if self.manifest.format == "adapter" and not (base / "tokenizer_config.json").exists():
-            from llmpress.sources import resolve
-
-            base = resolve(self.manifest.parent or "").path
-        return load_tokenizer(base)
+        """The tokenizer saved with the model (an adapter's comes from its base)."""
+        return _loader("tokenizer", self.path)(self)
 
     # -- metrics ---------------------------------------------------------------------
     def record_metrics(self, section: str, values: dict[str, Any]) -> None:

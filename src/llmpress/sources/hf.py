@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from llmpress.artifact import Artifact, register_loader
 from llmpress.errors import SourceError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
@@ -95,3 +96,19 @@ def save_model(model: Any, tokenizer: Any, dest: Path) -> None:
     model.save_pretrained(dest, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(dest)
+
+
+@register_loader("hf")
+def _hf_loader(artifact: Artifact, **kwargs: Any) -> Any:
+    return load_hf_model(artifact.path, **kwargs)
+
+
+@register_loader("tokenizer")
+def _tokenizer_loader(artifact: Artifact) -> Any:
+    """The artifact's own tokenizer; an adapter saved without one uses its base's."""
+    base = artifact.path
+    if artifact.manifest.format == "adapter" and not (base / "tokenizer_config.json").exists():
+        from llmpress.sources import resolve
+
+        base = resolve(artifact.manifest.parent or "").path
+    return load_tokenizer(base)
