@@ -23,7 +23,23 @@ from llmpress.server.driver import EngineDriver
 from llmpress.server.metrics import Metrics
 from llmpress.server.streaming import ClientGone, RequestHandle, SettlingStream
 
-Stream = Callable[[Request, RequestHandle, dict[str, int]], AsyncIterator[str]]
+
+class StreamEnd:
+    """Settles a streamed request: called by the stream just before `[DONE]` (so the usage row exists
+    before the client sees the end), and again by the response's close, whatever ended it (idempotent;
+    `status` says how it ended: 499 unless the stream set it)."""
+
+    def __init__(self, ctx: ServerContext, handle: RequestHandle, charge: Charge) -> None:
+        self.ctx, self.handle, self.charge = ctx, handle, charge
+        self.status = 499
+
+    def __call__(self, status: int | None = None) -> None:
+        if status is not None:
+            self.status = status
+        self.ctx.close(self.handle, self.charge, self.status)
+
+
+Stream = Callable[[Request, RequestHandle, StreamEnd], AsyncIterator[str]]
 
 
 def status_of(e: BaseException) -> int:
@@ -114,9 +130,8 @@ class ServerContext:
         closes) or wait and respond (settled in `finally`): every exit path is charged."""
         handle, charge = self.submit(request.state.request_id, key, endpoint, prompts, make, n)
         if stream is not None:
-            outcome = {"status": 499}
-            return SettlingStream(stream(request, handle, outcome),
-                                  on_close=lambda: self.close(handle, charge, outcome["status"]))
+            end = StreamEnd(self, handle, charge)
+            return SettlingStream(stream(request, handle, end), on_close=end)
         status = 499
         try:
             await handle.wait(request)

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 
 from llmpress.engine import SamplingParams
 from llmpress.server.auth import require
-from llmpress.server.context import ServerContext, status_of
+from llmpress.server.context import ServerContext, StreamEnd, status_of
 from llmpress.server.errors import error_responses
 from llmpress.server.schemas import (
     ChatChoice,
@@ -114,7 +114,7 @@ def router(ctx: ServerContext) -> APIRouter:
             return CompletionResponse(id=cid, created=created, model=cfg.model_name, choices=choices,
                                       usage=usage(handle))
 
-        async def stream(request: Request, handle: RequestHandle, outcome: dict[str, int]) -> AsyncIterator[str]:
+        async def stream(request: Request, handle: RequestHandle, end: StreamEnd) -> AsyncIterator[str]:
             base = {"id": cid, "object": "text_completion", "created": created, "model": cfg.model_name}
             try:
                 if req.echo:
@@ -131,10 +131,10 @@ def router(ctx: ServerContext) -> APIRouter:
                                                     "finish_reason": c.finish_reason}]})
                 if include_usage(req):
                     yield sse({**base, "choices": [], "usage": usage(handle).model_dump()})
+                end(status)
                 yield "data: [DONE]\n\n"
-                outcome["status"] = status
             except BaseException as e:
-                outcome["status"] = status_of(e)
+                end.status = status_of(e)
                 raise
 
         return await ctx.serve(request, key, "completions", prompts,
@@ -182,7 +182,7 @@ def router(ctx: ServerContext) -> APIRouter:
             return ChatCompletionResponse(id=cid, created=created, model=cfg.model_name, choices=choices,
                                           usage=usage(handle))
 
-        async def stream(request: Request, handle: RequestHandle, outcome: dict[str, int]) -> AsyncIterator[str]:
+        async def stream(request: Request, handle: RequestHandle, end: StreamEnd) -> AsyncIterator[str]:
             base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": cfg.model_name}
             try:
                 for i in range(len(handle.choices)):
@@ -198,10 +198,10 @@ def router(ctx: ServerContext) -> APIRouter:
                                                     "finish_reason": c.finish_reason}]})
                 if include_usage(req):
                     yield sse({**base, "choices": [], "usage": usage(handle).model_dump()})
+                end(status)
                 yield "data: [DONE]\n\n"
-                outcome["status"] = status
             except BaseException as e:
-                outcome["status"] = status_of(e)
+                end.status = status_of(e)
                 raise
 
         return await ctx.serve(request, key, "chat", [ids], lambda j: params_from(req, mt, lp, None, j), req.n,
