@@ -39,9 +39,9 @@ def multi(tiny):
 
     from llmpress.ops import ab
     from llmpress.ops.deployments import deploy
+    from llmpress.ops.multi import MultiModelApp
+    from llmpress.ops.serving import OpsConfig, install_ops
     from llmpress.server import build_app
-    from llmpress.server.multi import MultiModelApp
-    from llmpress.server.ops import OpsConfig, install_ops
 
     variant = _variant(tiny)
     deploy(tiny.id, "hs", note="A")

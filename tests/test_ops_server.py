@@ -46,10 +46,10 @@ def live(tiny):
     from llmpress.ops import ab
     from llmpress.ops.cache import CacheConfig
     from llmpress.ops.deployments import deploy
+    from llmpress.ops.serving import OpsConfig, install_ops
     from llmpress.registry import get_registry
     from llmpress.registry.keys import KeyStore
     from llmpress.server import build_app
-    from llmpress.server.ops import OpsConfig, install_ops
 
     reg = get_registry()
     deploy("builtin:tiny-llama", "srv-prod", registry=reg)
@@ -150,7 +150,7 @@ def test_budget_rejection_and_ops_metrics(live) -> None:
 
 
 def test_serving_an_artifact_that_is_not_the_arm_is_refused(live, tiny) -> None:
-    from llmpress.server.ops import OpsConfig, install_ops
+    from llmpress.ops.serving import OpsConfig, install_ops
 
     with pytest.raises(ConfigError, match="not arm 'srv-canary'"):
         install_ops(live.app, OpsConfig(ab_test="srv-exp", arm="srv-canary"), tiny.id)

@@ -45,14 +45,14 @@ def serve_on_main_thread(app: Any, config: Any) -> None:
 
 def _serve_multi(specs: list[str], host: str, port: int, no_auth: bool, follow: bool, ab: str, cache: Any,
                  engine_kw: dict[str, Any], log_level: str) -> None:
-    """Several models, or one alias to follow: `server.multi.MultiModelApp`, one engine thread per model."""
+    """Several models, or one alias to follow: `ops.multi.MultiModelApp`, one engine thread per model."""
     import uvicorn
 
     from llmpress.ops.ab import load
+    from llmpress.ops.multi import MultiModelApp
+    from llmpress.ops.serving import OpsConfig, install_ops
     from llmpress.registry.keys import KeyStore
     from llmpress.server import build_app
-    from llmpress.server.multi import MultiModelApp
-    from llmpress.server.ops import OpsConfig, install_ops
 
     arms = {a.name for a in load(ab).arms} if ab else set()
 
@@ -126,7 +126,7 @@ def register(app: typer.Typer) -> None:
                               "anyone on this machine can use it")
             from llmpress.ops.cache import CacheConfig
             from llmpress.ops.deployments import alias_target
-            from llmpress.server.ops import OpsConfig, install_ops
+            from llmpress.ops.serving import OpsConfig, install_ops
 
             specs = ([model] if model else []) + list(models or [])
             if not specs:

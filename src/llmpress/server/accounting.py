@@ -43,7 +43,7 @@ class Accounting:
         self.model_name = model_name
         self.limiter = RateLimiter()
         self.ttl = reservation_ttl_s
-        # called after every settle with (charge, tokens_in, tokens_out, status, ttfts): A/B recording (server/ops.py)
+        # called after every settle with (charge, tokens_in, tokens_out, status, ttfts): A/B recording (ops/serving.py)
         self.observers: list[Callable[[Charge, int, int, int, list[float]], None]] = []
 
     def open(self, key: KeyInfo | None, request_id: str, endpoint: str, est_tokens: int) -> Charge:

@@ -19,6 +19,14 @@ _ERRORS = {**error_responses(400, 401, 403, 422),
            410: {"model": ErrorResponse, "description": "The response's A/B test stopped, or it is too old"}}
 
 
+def strip_prefix(response_id: str) -> str:
+    """A completion id (`cmpl-<request id>`, `chatcmpl-<request id>`) or the bare request id -> request id."""
+    for p in ("chatcmpl-", "cmpl-"):
+        if response_id.startswith(p):
+            return response_id[len(p):]
+    return response_id
+
+
 class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -42,7 +50,6 @@ def router(ctx: ServerContext, on_feedback: Callable[[str, str, float | None], A
     @r.post("/v1/feedback", response_model=FeedbackResponse, responses=_ERRORS)
     async def feedback(req: FeedbackRequest, key: Any = require(ctx.keys, "completions")) -> FeedbackResponse:
         from llmpress.ops.ab import record_feedback
-        from llmpress.server.ops import strip_prefix
 
         rid = strip_prefix(req.id)
         got = await asyncio.to_thread(record_feedback, rid, req.rating, req.label, req.comment or "")

@@ -12,7 +12,7 @@ included) finish on the old one, which is shut down and dropped once its last re
 Nothing is refused or cut during the swap.
 
 With an A/B test (`ab_test`) whose arms are slots here, a request naming the test (or its alias) is
-given an arm (sticky per `user`) and sent to that arm's slot; the arm's app records it (`server/ops.py`).
+given an arm (sticky per `user`) and sent to that arm's slot; the arm's app records it (`ops/serving.py`).
 When the alias is itself an arm (`--arms prod=90,canary=10`), every request for `prod` is assigned;
 an artifact id reaches one model directly.
 

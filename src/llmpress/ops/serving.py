@@ -1,7 +1,7 @@
 """Operating hooks on a served model: A/B arm, response cache, feedback, and the series dashboards join on.
 
 `install_ops(app, config, artifact)` adds to an app built by `create_app`:
-- `POST /v1/feedback` (router `routers/feedback.py`): feedback against the arm that served a response;
+- `POST /v1/feedback` (router in `ops/feedback.py`): feedback against the arm that served a response;
 - A/B: when the server is one arm of a running test (`serve ARM --ab TEST`), every completion is recorded
   in the registry under that arm (status, TTFT, latency, tokens), and its response carries the arm and
   the response id (headers `x-llmpress-arm`, `x-llmpress-ab-test`, `x-llmpress-response-id`; non-streamed
@@ -46,18 +46,9 @@ class OpsConfig:
     alias: str | None = None  # the alias the server was started with (for model_info and deployments)
 
 
-def strip_prefix(response_id: str) -> str:
-    """A completion id (`cmpl-<request id>`, `chatcmpl-<request id>`) or the bare request id -> request id."""
-    for p in ("chatcmpl-", "cmpl-"):
-        if response_id.startswith(p):
-            return response_id[len(p):]
-    return response_id
-
-
 def install_ops(app: FastAPI, config: OpsConfig, artifact_id: str) -> None:
     """Add the feedback route, the A/B and cache middleware and the ops metrics to `app` (before it starts)."""
-    from llmpress.ops import ab
-    from llmpress.server.routers import feedback
+    from llmpress.ops import ab, feedback
 
     ctx = app.state.context
     metrics = app.state.metrics
