@@ -160,3 +160,46 @@ def test_hot_swap_under_16_streaming_clients(multi) -> None:
     while slot.retired:  # the old model is shut down once its last stream is sent
         assert time.monotonic() < deadline, "the old model was not unloaded"
         time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_cli_serve_two_models_records_and_closes_its_deployments(fresh_registry, tiny) -> None:
+    """`llmpress serve --model A --model B` as users run it: both listed, answers, SIGTERM exits 0 and the
+    registry's server rows are closed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from llmpress.ops.deployments import deploy, servers
+
+    deploy("builtin:tiny-llama", "cli-a", registry=fresh_registry)  # registers the built-in in this registry
+    deploy("cli-a", "cli-b", registry=fresh_registry)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "llmpress.cli.main", "serve", "--model", "cli-a", "--model",
+                             "cli-b", "--port", str(port), "--no-auth", "--kv-cache-mb", "16", "--log-level",
+                             "warning"], env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "serve did not become ready"
+            try:
+                if httpx.get(url + "/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        assert [m["id"] for m in httpx.get(url + "/v1/models").json()["data"]] == ["cli-a", "cli-b"]
+        assert _complete(url, "cli-b").status_code == 200
+        assert {r["alias"] for r in servers(fresh_registry)} == {"cli-a", "cli-b"}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(90) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert servers(fresh_registry) == []  # both rows closed on the way out

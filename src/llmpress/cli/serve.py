@@ -72,10 +72,26 @@ def _serve_multi(specs: list[str], host: str, port: int, no_auth: bool, follow: 
         deps.append(store.start_deployment(s.current.artifact.id, host, port, {"models": specs, "ab": ab or None,
                                                                                "auth": not no_auth}, alias=s.name))
     console.print(f"on http://{host}:{port}")
+    # uvicorn in a helper thread (there it installs no signal handlers and re-raises none after
+    # shutdown); SIGINT / SIGTERM ask it to exit, then the deployment rows are closed
+    server = uvicorn.Server(uvicorn.Config(front, host=host, port=port, log_level=log_level, access_log=False,
+                                           timeout_graceful_shutdown=30))
+    http = threading.Thread(target=server.run, name="llmpress-http", daemon=True)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        server.should_exit = True
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        uvicorn.Server(uvicorn.Config(front, host=host, port=port, log_level=log_level, access_log=False,
-                                      timeout_graceful_shutdown=30)).run()
+        http.start()
+        while http.is_alive():
+            http.join(0.5)
+        if server.started is False and not server.should_exit:
+            raise ConfigError(f"the HTTP server could not start on {host}:{port}",
+                              "pick a free --port (another process may be listening there)", param="port")
     finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
         for d in deps:
             store.stop_deployment(d)
 
