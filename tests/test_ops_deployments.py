@@ -73,7 +73,12 @@ def test_alias_resolves_as_a_model(fresh_registry, tiny) -> None:
         resolve("not-an-alias")
     gone = make_artifact(fresh_registry, "short-lived")
     deploy(gone.id, "dangling", registry=fresh_registry)
-    fresh_registry.remove(gone.id)
+    with pytest.raises(RegistryError, match="alias"):  # `artifacts rm` refuses a served artifact
+        fresh_registry.remove(gone.id)
+    from llmpress.registry.tables import ArtifactRow
+
+    with fresh_registry.session.begin() as s:  # removed behind the registry's back: the alias says so
+        s.delete(s.get(ArtifactRow, gone.id))
     with pytest.raises(NotFoundError, match="no longer in the registry"):
         resolve("dangling")
 

@@ -146,6 +146,13 @@ class Registry:
     def remove(self, ref: str, recursive: bool = False, delete_files: bool = True) -> list[str]:
         """Remove an artifact (and with `recursive` its descendants). Returns the removed ids."""
         row = self.get(ref)
+        from llmpress.registry.ops import AliasRow
+
+        with self.session() as s:  # a served name must not end up pointing at nothing
+            aliases = list(s.scalars(select(AliasRow.name).where(AliasRow.artifact_id == row.id)))
+        if aliases:
+            raise RegistryError(f"artifact {row.id} is what alias(es) {', '.join(aliases)} point at",
+                                f"deploy another artifact to {aliases[0]} (or `llmpress rollback {aliases[0]}`) first")
         kids = self.children(row.id)
         if kids and not recursive:
             names = ", ".join(f"{k.id} ({k.name})" for k in kids[:5])
