@@ -49,9 +49,11 @@ def multi(tiny):
     # clients reach the test through its name (or its alias, here not one of the slots); naming a slot skips it
     ab.start("hs-exp", ab.parse_arms("hs=50,hs-other=50"), alias="hs-public")
 
-    def build(spec: str) -> tuple[Any, Any]:
+    def build(spec: str) -> tuple[Any, Any]:  # as `llmpress serve --model hs --model hs-other --ab hs-exp` does
         app, art = build_app(spec, auth=False, kv_cache_mb=16, max_batch=32, engine_loop="background")
-        install_ops(app, OpsConfig(ab_test="hs-exp", alias=spec), art.id)
+        running = ab.load("hs-exp").status == "running"
+        install_ops(app, OpsConfig(ab_test="hs-exp" if running else None, arm=spec if running else None,
+                                   alias=spec), art.id)
         return app, art
 
     front = MultiModelApp(["hs", "hs-other"], build, follow=True, poll_s=0.2, ab_test="hs-exp")
@@ -118,7 +120,36 @@ def test_ab_test_alias_routes_sticky_arms(multi) -> None:
     assert _complete(url, "hs-exp", user="user-3", max_tokens=2).headers["x-llmpress-arm"] == arms[3]  # sticky
 
 
+def test_ab_stop_ends_routing(multi) -> None:
+    from llmpress.ops import ab
+    from llmpress.ops.deployments import deploy
+
+    front, url, tiny, variant = multi
+    assert _complete(url, "hs-exp", user="u1", max_tokens=2).status_code == 200
+    # while the test runs its arms stay pinned: moving an arm's alias is refused, the pinned model keeps serving
+    slot = front.slot("hs")
+    deploy(variant.id, "hs")
+    deadline = time.monotonic() + 60
+    while slot.failed != variant.id:
+        assert time.monotonic() < deadline, "the refused swap was not noticed"
+        time.sleep(0.05)
+    assert slot.swaps == 0 and slot.current.artifact.id == tiny.id
+    assert _complete(url, tiny.id, max_tokens=2).status_code == 200
+    deploy(tiny.id, "hs")  # back where it was: the watcher forgets the refusal
+    while slot.failed is not None:
+        assert time.monotonic() < deadline, "the watcher did not see the alias come back"
+        time.sleep(0.05)
+    ab.stop("hs-exp")
+    deadline = time.monotonic() + 30
+    while front.ab.status == "running":
+        assert time.monotonic() < deadline, "the server did not notice the stopped test"
+        time.sleep(0.05)
+    r = _complete(url, "hs-exp", user="u1", max_tokens=2)
+    assert r.status_code == 404 and r.json()["error"]["param"] == "model"
+
+
 def test_hot_swap_under_16_streaming_clients(multi) -> None:
+    """(After the A/B test stopped: while it runs, its arms stay pinned and a swap is refused.)"""
     from llmpress.ops.deployments import deploy
 
     front, url, tiny, variant = multi

@@ -54,11 +54,10 @@ def _serve_multi(specs: list[str], host: str, port: int, no_auth: bool, follow: 
     from llmpress.registry.keys import KeyStore
     from llmpress.server import build_app
 
-    arms = {a.name for a in load(ab).arms} if ab else set()
-
     def build(spec: str) -> tuple[Any, Any]:
         app, art = build_app(spec, host=host, auth=not no_auth, engine_loop="background", **engine_kw)
-        in_test = spec in arms
+        test = load(ab) if ab else None  # re-read: after `ab stop` a swapped-in model is no arm any more
+        in_test = test is not None and test.status == "running" and spec in {a.name for a in test.arms}
         install_ops(app, OpsConfig(ab_test=ab if in_test else None, arm=spec if in_test else None, cache=cache,
                                    alias=spec), art.id)
         return app, art

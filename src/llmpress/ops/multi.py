@@ -148,7 +148,7 @@ class MultiModelApp:
                 try:
                     for s in self.slots:
                         await _start(s.current)
-                    if any(s.follows for s in self.slots):
+                    if any(s.follows for s in self.slots) or self.ab is not None:
                         self._watcher = asyncio.create_task(self._watch())
                 except Exception as e:  # noqa: BLE001 - reported to the server, which exits
                     await send({"type": "lifespan.startup.failed", "message": str(e)})
@@ -165,17 +165,25 @@ class MultiModelApp:
 
     # -- hot swap -------------------------------------------------------------------------------
     async def _watch(self) -> None:
+        from llmpress.ops.ab import load
         from llmpress.ops.deployments import alias_target
 
         while True:
             await asyncio.sleep(self.poll_s)
+            if self.ab is not None and self.ab.status == "running":
+                try:  # `ab stop` ends the routing here too
+                    self.ab = await asyncio.to_thread(load, self.ab.name)
+                except Exception:
+                    log.exception("could not refresh the A/B test", extra={"ab_test": self.ab.name})
             for s in self.slots:
                 if not s.follows:
                     continue
                 target = None
                 try:
                     target = await asyncio.to_thread(alias_target, s.name)
-                    if target and target != s.current.artifact.id and target != s.failed:
+                    if target == s.current.artifact.id:
+                        s.failed = None  # the alias came back: a later move to that artifact is tried again
+                    elif target and target != s.failed:
                         await self.swap(s)
                 except Exception:  # a bad new artifact must not take the serving one down
                     s.failed = target  # not retried until the alias moves again
