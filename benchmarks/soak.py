@@ -213,7 +213,7 @@ def main() -> None:
     a = ap.parse_args()
     if a.quick:
         a.minutes, a.fault_seconds, a.model = 40 / 60, 15.0, a.model or "builtin:tiny-llama"
-    from llmpress.hardware import machine_info
+    from llmpress.hardware import benchmark_record, machine_summary
 
     home = Path(tempfile.mkdtemp(prefix="llmpress-soak-"))
     shared_models = Path(os.environ.get("LLMPRESS_HOME", Path.home() / ".llmpress")) / "models"
@@ -331,7 +331,7 @@ def main() -> None:
     }
     print(json.dumps(fault, indent=1), flush=True)
 
-    result = {"machine": machine_info(), "model": model, "served_name": served_name, "clients": a.clients,
+    result = {**benchmark_record(sys.argv), "model": model, "served_name": served_name, "clients": a.clients,
               "minutes": a.minutes, "quick": a.quick, "soak": soak, "fault": fault}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -347,8 +347,7 @@ def write_markdown(path: Path, r: dict[str, Any]) -> None:
     lines = [
         f"# Soak and fault run: {r['clients']} clients, {r['minutes']:g} min, {r['served_name']}",
         "",
-        f"Machine: {m['cpu_model']}, flags {' '.join(m['flags'])}, {m['threads']} threads, torch {m['torch']}, "
-        f"commit {m['git_commit']}. Produced by `benchmarks/soak.py{' --quick' if r['quick'] else ''}`.",
+        f"{machine_summary(m)}. Produced by `{r['command']}`.",
         "",
         "| sent | answered | refused (429/503) | refused without Retry-After | failed | hung up by client |",
         "|---|---|---|---|---|---|",
