@@ -213,7 +213,7 @@ def main() -> None:
     a = ap.parse_args()
     if a.quick:
         a.minutes, a.fault_seconds, a.model = 40 / 60, 15.0, a.model or "builtin:tiny-llama"
-    from llmpress.hardware import benchmark_record, machine_summary
+    from llmpress.hardware import benchmark_record
 
     home = Path(tempfile.mkdtemp(prefix="llmpress-soak-"))
     shared_models = Path(os.environ.get("LLMPRESS_HOME", Path.home() / ".llmpress")) / "models"
@@ -343,6 +343,8 @@ def main() -> None:
 
 
 def write_markdown(path: Path, r: dict[str, Any]) -> None:
+    from llmpress.hardware import machine_summary
+
     s, f, m = r["soak"], r["fault"], r["machine"]
     lines = [
         f"# Soak and fault run: {r['clients']} clients, {r['minutes']:g} min, {r['served_name']}",
