@@ -183,6 +183,29 @@ def merge_metrics(texts: dict[str, str]) -> str:
     return "".join("\n".join(head + samples) + "\n" for head, samples in families.values())
 
 
+def keep_grpc_on_loopback() -> None:
+    """Make this Serve replica's inter-deployment gRPC server listen on 127.0.0.1 when the node is loopback.
+
+    Ray Serve binds that server to `[::]:0` (all interfaces) right after the user constructor returns;
+    on a loopback-only local cluster (see `start_ray`) nothing may listen on other interfaces, and peers
+    reach it at the node address, 127.0.0.1. Called from our constructors, so it patches only our replicas."""
+    import ipaddress
+
+    from ray.serve._private import replica as serve_replica
+
+    if not ipaddress.ip_address(ray.util.get_node_ip_address()).is_loopback:
+        return
+    original = serve_replica.add_port_to_grpc_server
+    if getattr(original, "_llmpress_loopback", False):
+        return
+
+    def add_port(server: Any, address: str) -> int:
+        return original(server, "127.0.0.1:0" if address == "[::]:0" else address)  # type: ignore[no-any-return]
+
+    add_port._llmpress_loopback = True  # type: ignore[attr-defined]
+    serve_replica.add_port_to_grpc_server = add_port
+
+
 # -- the replica: a whole llmpress server, driven over in-process ASGI ----------------------------
 class LlmpressReplica:
     """One llmpress server (engine thread in the background + FastAPI app) inside a Ray Serve replica."""
@@ -193,6 +216,7 @@ class LlmpressReplica:
 
         from llmpress.server import build_app
 
+        keep_grpc_on_loopback()
         torch.set_num_threads(threads)
         self.app, self.art = await asyncio.to_thread(
             lambda: build_app(model, host=host, auth=auth, num_threads=threads, **engine))
@@ -203,16 +227,18 @@ class LlmpressReplica:
         self.replica_id = serve.get_replica_context().replica_id.unique_id
         self.pid = os.getpid()
         self.board = board
-        self._pusher = asyncio.get_running_loop().create_task(self._push_metrics()) if board is not None else None
+        self._stop = threading.Event()
+        if board is not None:  # a plain thread: independent of which event loop ran this constructor
+            threading.Thread(target=self._push_metrics, name="llmpress-metrics-push", daemon=True).start()
 
-    async def _push_metrics(self) -> None:
+    def _push_metrics(self) -> None:
         metrics = self.app.state.metrics
-        while True:
+        while not self._stop.is_set():
             try:
-                await self.board.put.remote(self.replica_id, metrics.render().decode())
+                ray.get(self.board.put.remote(self.replica_id, metrics.render().decode()), timeout=10)
             except Exception:  # the board going away must not take the replica with it
                 log.debug("metrics push failed", exc_info=True)
-            await asyncio.sleep(2.0)
+            self._stop.wait(2.0)
 
     def info(self) -> dict[str, Any]:
         return {"replica": self.replica_id, "pid": self.pid, "artifact": self.art.id}
@@ -270,8 +296,7 @@ class LlmpressReplica:
                     pass
 
     async def __del__(self) -> None:
-        if self._pusher is not None:
-            self._pusher.cancel()
+        self._stop.set()
         try:
             await self._lifespan.__aexit__(None, None, None)
         except Exception:  # pragma: no cover - shutting down
@@ -434,6 +459,7 @@ class LlmpressGateway:
     """Ingress: forwards every request to the replicas through a DeploymentHandle, retrying on failover."""
 
     def __init__(self, replicas: Any, config: RayServeConfig, board: Any = None) -> None:
+        keep_grpc_on_loopback()
         self.replicas = replicas.options(stream=True)
         self.config = config
         self.board = board
@@ -482,6 +508,13 @@ def start_ray(cfg: RayServeConfig) -> None:
         ray.init(address=cfg.ray_address, log_to_driver=False)
         return
     n = cfg.num_cpus or cfg.threads_per_replica * (cfg.max_replicas or cfg.replicas)
+    # Ray turns a node address of 127.0.0.1 into the machine's outward IP, and its gRPC servers then
+    # listen there; its single-machine mode (the one it uses on macOS / Windows) keeps the node, and so
+    # every server, worker and agent, on loopback. Set in the environment for the processes Ray spawns.
+    from ray._private import ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
     ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=n, log_to_driver=False,
              configure_logging=False)
 
