@@ -75,6 +75,7 @@ def _tune(method: str, model: str, data: str, train: Any, method_opts: dict[str,
             return launch.launch(sys.argv[1:], processes)
         if launch.world_size() > 1:
             train.batch_size = launch.per_process_batch(train.batch_size, launch.world_size())
+            launch.init_process_group()
         base = resolve(model)
         with progress() if launch.is_main() else contextlib.nullcontext() as p:
             art = tune_artifact(base, method, data, params, train, name=name, resume=resume, progress=p)
