@@ -1,4 +1,4 @@
-"""`llmpress tune full ... --processes 2`: two data-parallel ranks (gloo on loopback, HF Trainer / accelerate DDP)
+"""`llmpress tune full ... --processes 2` and `llmpress distill ... --processes 2`: two data-parallel ranks (gloo on loopback, HF Trainer / accelerate DDP)
 against one process at the same global batch, on tiny-llama. Slow: two ~1 min training runs.
 
 Stated tolerance: at equal global batch the two runs see the same examples per step but in a different
@@ -67,3 +67,20 @@ def test_processes_must_split_the_batch(tmp_path: Path, tiny: Any) -> None:
     r = subprocess.run([sys.executable, "-m", "llmpress.cli.main", "tune", "full", "builtin:tiny-llama", "--data",
                         str(data), "--batch-size", "3", "--processes", "2"], capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and "split evenly" in r.stderr
+
+
+def test_distill_with_two_processes_matches_one(tmp_path: Path, tiny: Any) -> None:
+    data = corpus(tmp_path / "train.txt")
+
+    def distill(*extra: str) -> dict[str, Any]:
+        cmd = [sys.executable, "-m", "llmpress.cli.main", "distill", "--teacher", "builtin:tiny-llama",
+               "--student-layers", "1", "--data", str(data), "--steps", "6", "--batch", "4", "--seq-len", "32",
+               "--lr", "1e-3", "--json", *extra]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return json.loads(r.stdout)
+
+    one, two = distill(), distill("--processes", "2")
+    assert two["processes"] == 2 and two["global_batch"] == 4 and one["steps"] == two["steps"] == 6
+    assert abs(one["train_loss"] - two["train_loss"]) / one["train_loss"] < 0.03
+    assert Path(two["path"]).is_dir() and two["id"] != one["id"]
