@@ -146,6 +146,9 @@ def main() -> None:
                     help="also train the (tied) token embeddings; by default they are frozen to save CPU time")
     ap.add_argument("--quick", action="store_true", help="tiny settings for a smoke test")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--stem", default=None,
+                    help="result file name (default: singlelabel | multilabel, plus -no-transfer when "
+                         "--transfer-per-category 0)")
     args = ap.parse_args()
     if args.quick:
         args.per_category, args.teacher_epochs, args.student_epochs, args.general_steps = 20, 1, 1, 2
@@ -157,11 +160,15 @@ def main() -> None:
     from llmpress.artifact import Step, create_artifact
     from llmpress.cli.common import progress
     from llmpress.compress.distill import lm_dataset, train
-    from llmpress.compress.distill.student import layer_subset, param_count
+    from llmpress.compress.distill.student import layer_subset
     from llmpress.data import load_corpus
     from llmpress.data.fortunes import load_fortunes
+    from llmpress.modelstats import count_parameters
     from llmpress.sources import resolve
     from llmpress.sources.hf import quiet_hf, save_model
+
+    def param_count(model: Any) -> int:
+        return count_parameters(model, nonzero=False)["params"]
 
     quiet_hf()
     torch.set_num_threads(args.threads)
@@ -290,7 +297,10 @@ def main() -> None:
     final = {k: v[-1] for k, v in history.items()}
     t_f1 = final["teacher"]["macro_f1"]
     t_ms = speed["teacher"]["classify16_ms"]
+    from llmpress.hardware import benchmark_record
+
     results = {
+        **benchmark_record(sys.argv),
         "setup": {"model": args.model, "categories": ds.labels, "multi_label": multi, "train_items": len(ds.train_texts),
                   "test_items": len(ds.test_texts), "transfer_items": len(ds.unlabeled_texts), "seq_len": args.seq_len, "batch": args.batch,
                   "teacher_epochs": args.teacher_epochs, "student_epochs": args.student_epochs,
@@ -309,19 +319,21 @@ def main() -> None:
         "phase_seconds": {k: round(v, 1) for k, v in phases.items()},
         "total_seconds": round(time.perf_counter() - t_start, 1),
     }
-    write_outputs(results, args.out, multi)
+    stem = args.stem or ("multilabel" if multi else "singlelabel") + (
+        "-no-transfer" if args.transfer_per_category == 0 else "")
+    write_outputs(results, args.out, multi, stem)
 
 
-def write_outputs(results: dict[str, Any], out: Path, multi: bool) -> None:
+def write_outputs(results: dict[str, Any], out: Path, multi: bool, stem: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from llmpress.hardware import machine_summary
     from llmpress.report.tables import markdown_table
 
     out.mkdir(parents=True, exist_ok=True)
-    stem = "multilabel" if multi else "singlelabel"
     (out / f"{stem}.json").write_text(json.dumps(results, indent=2))
     keys = ["accuracy", "macro_f1"] + (["jaccard"] if multi else [])
     fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4))
@@ -355,6 +367,7 @@ def write_outputs(results: dict[str, Any], out: Path, multi: bool) -> None:
           f"task-specific student starts from {INIT_TEXT[s.get('task_specific_init', 'teacher')]}; "
           f"bf16 autocast {'on' if s.get('bf16') else 'off'}; {s['threads']} threads; "
           f"total {results['total_seconds']:.0f} s.",
+          "", machine_summary(results["machine"]), f"Command: `{results['command']}`",
           "", markdown_table(headers, rows, digits=3), "", "Per epoch (test set):", ""]
     hist_rows = [[name, h["epoch"]] + [h[k] for k in keys] for name, hist in results["history"].items() for h in hist]
     md.append(markdown_table(["model", "epoch"] + keys, hist_rows, digits=4))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,9 @@ def main() -> None:
     out = Path(args.out)
     if args.ood_only:
         result = json.loads((out / "pruning.json").read_text())
+        if "eval" not in result or "machine" not in result:
+            sys.exit(f"{out / 'pruning.json'} was not written by this script (no eval / machine block): "
+                     "run it in full first, then --ood-only")
         add_ood(result["rows"], args.max_tokens)
         write(result, args, out)
         return
@@ -95,7 +99,9 @@ def main() -> None:
     if args.ood_data == "fortunes":
         add_ood(rows, args.max_tokens)
     report = child.manifest.metrics.get("prune", {})
-    result = {"model": args.model, "heads": args.heads, "mlp": args.mlp, "recover_steps": args.recover,
+    from llmpress.hardware import benchmark_record
+
+    result = {**benchmark_record(sys.argv), "model": args.model, "heads": args.heads, "mlp": args.mlp, "recover_steps": args.recover,
               "recover_lr": args.recover_lr, "calibration_samples": args.calibration_samples,
               "prune_and_recover_s": prune_s, "prune_report": report, "rows": rows,
               "eval": {"data": args.data, "max_tokens": args.max_tokens, "new_tokens": args.new_tokens,
@@ -120,6 +126,7 @@ def add_ood(rows: list[dict[str, Any]], max_tokens: int) -> None:
 
 
 def write(result: dict[str, Any], args: Any, out: Path) -> None:
+    from llmpress.hardware import machine_summary
     from llmpress.report.tables import markdown_table
 
     rows = result["rows"]
@@ -146,7 +153,7 @@ def write(result: dict[str, Any], args: Any, out: Path) -> None:
              f"{rec.get('batch_size')} x {rec.get('seq_len')} tokens of the {ev['data']} train split, lr {rec.get('lr')}, "
              f"bf16 autocast {'on' if rec.get('bf16') else 'off'}, final loss {rec.get('train_loss')})"
              if rec else "") + ".", "",
-          markdown_table(headers, table)]
+          machine_summary(result["machine"]), f"Command: `{result['command']}`", "", markdown_table(headers, table)]
     (out / "pruning.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 

@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -101,7 +102,9 @@ def main() -> None:
             rows.append(r)
     import torch
 
-    result = {"model": args.model, "data": args.data, "eval_tokens": args.max_tokens, "new_tokens": args.new_tokens,
+    from llmpress.hardware import benchmark_record, machine_summary
+
+    result = {**benchmark_record(sys.argv), "model": args.model, "data": args.data, "eval_tokens": args.max_tokens, "new_tokens": args.new_tokens,
               "repeats": args.repeats, "bandwidth": bw, "threads": torch.get_num_threads(),
               "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
               "seconds": time.perf_counter() - t_start, "rows": rows}
@@ -119,7 +122,8 @@ def main() -> None:
           f"`generate()` fp32 b1 = {hf_b1:.1f} tok/s measured in this run. Memory bandwidth (torch sum over 512 MB, all threads, best of 5): "
           f"{bw['read_gb_s']:.1f} GB/s read, {bw['copy_gb_s']:.1f} GB/s copy; the bandwidth limit is read GB/s / "
           f"weight bytes per token. {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"run took {result['seconds'] / 60:.1f} min.", "", markdown_table(headers, table)]
+          f"run took {result['seconds'] / 60:.1f} min.", "", machine_summary(result["machine"]),
+          f"Command: `{result['command']}`", "", markdown_table(headers, table)]
     (out / "quantization.md").write_text("\n".join(md))
     print("\n".join(md))
 

@@ -251,7 +251,9 @@ def main() -> None:
     hf["static32"] = hf_static_batches(model, p[:32], args.output_len, 32)
     print(f"  HF one-at-a-time {hf['one_at_a_time']['tok_s']:.1f} tok/s, static 32 {hf['static32']['tok_s']:.1f} tok/s",
           flush=True)
-    result: dict[str, Any] = {"model": args.model, "prompt_len": args.prompt_len, "output_len": args.output_len,
+    from llmpress.hardware import benchmark_record, machine_summary
+
+    result: dict[str, Any] = {**benchmark_record(sys.argv), "model": args.model, "prompt_len": args.prompt_len, "output_len": args.output_len,
                               "threads": torch.get_num_threads(), "bandwidth_gbs": bw, "hf_fp32": hf, "engine": []}
     del model
     gc.collect()
@@ -266,7 +268,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "serving.json").write_text(json.dumps(result, indent=2, default=str))
     md = [f"# Serving: {args.model}, prompt {args.prompt_len} / output {args.output_len} tokens, "
-          f"{result['threads']} threads, bandwidth {bw:.1f} GB/s", "",
+          f"{result['threads']} threads, bandwidth {bw:.1f} GB/s", "", machine_summary(result["machine"]),
+          f"Command: `{result['command']}`", "",
           f"HF `generate()` fp32: one at a time {hf['one_at_a_time']['tok_s']:.1f} tok/s (batch-1 decode alone "
           f"{hf['batch1_decode_tok_s']:.1f} tok/s); "
           f"static batch 32 {hf['static32']['tok_s']:.1f} tok/s", "",

@@ -9,7 +9,9 @@ full fine-tuning's memory, and reaches an eval loss within 5 % of full's on the 
 
     flock /tmp/llmpress-bench.lock .venv/bin/python benchmarks/tuning.py [--steps 60]
 
-Writes benchmarks/results/tuning/results.json and results.md. Never asserts time.
+`--bf16 both` runs every method with bf16 autocast on and off (side by side: steps/s, peak RSS,
+loss), which is how the bf16 default for CPUs without AMX was decided (llmpress.hardware).
+Writes benchmarks/results/tuning/results<tag>.json and .md. Never asserts time.
 """
 
 from __future__ import annotations
@@ -34,20 +36,22 @@ METHODS: dict[str, dict] = {
 }
 
 
-def worker(method: str, steps: int, seq_len: int, batch: int, out: Path, checkpointing: bool = False) -> None:
+def worker(method: str, steps: int, seq_len: int, batch: int, out: Path, checkpointing: bool = False,
+           bf16: str = "auto", model: str = MODEL) -> None:
     """Run one method in this (fresh) process and write its numbers to `out`."""
     from llmpress.sources import resolve
     from llmpress.tune.config import TrainConfig
     from llmpress.tune.run import tune_artifact
     from llmpress.tune.trainer import process_max_rss_bytes, rss_bytes
 
-    base = resolve(MODEL)
+    base = resolve(model)
     spec = METHODS[method]
     t0 = time.perf_counter()
     art = tune_artifact(base, method, DATA, spec["params"],
                         TrainConfig(max_steps=steps, lr=spec["lr"], batch_size=batch, seq_len=seq_len,
-                                    eval_every=steps, max_eval=None, seed=0, gradient_checkpointing=checkpointing),
-                        name=f"bench-smollm2-{method}")
+                                    eval_every=steps, max_eval=None, seed=0, gradient_checkpointing=checkpointing,
+                                    bf16=bf16),
+                        name=f"bench-{base.name}-{method}-bf16{bf16}")
     m = dict(art.manifest.metrics["tune"])
     m.update(artifact=art.id, wall_seconds=round(time.perf_counter() - t0, 1),
              process_max_rss_mb=round(process_max_rss_bytes() / 2**20, 1),
@@ -55,20 +59,25 @@ def worker(method: str, steps: int, seq_len: int, batch: int, out: Path, checkpo
     out.write_text(json.dumps(m, default=str))
 
 
-def markdown(rows: dict[str, dict], checks: dict, args: argparse.Namespace) -> str:
-    lines = [f"# Fine-tuning SmolLM2-135M on {DATA}", "",
+def markdown(rows: dict[str, dict], checks: dict, args: argparse.Namespace, record: dict) -> str:
+    from llmpress.hardware import machine_summary
+
+    bf16 = sorted({"on" if r["bf16"] else "off" for r in rows.values()})
+    lines = [f"# Fine-tuning {args.model} on {DATA}", "",
              f"{args.steps} optimizer steps, batch {args.batch}, seq len {args.seq_len}, seed 0, "
-             f"bf16 autocast {'on' if next(iter(rows.values()))['bf16'] else 'off'}, gradient checkpointing "
-             f"{'on' if args.gradient_checkpointing else 'off'} (every method), 2-core CPU. Each method in its own "
-             "process; peak RSS = that process's ru_maxrss.", "",
-             "| method | lr | trainable params | trainable % | peak RSS (MB) | peak RSS vs full | steps/s | "
+             f"bf16 autocast {' and '.join(bf16)} (--bf16 {args.bf16}), gradient checkpointing "
+             f"{'on' if args.gradient_checkpointing else 'off'} (every method). Each method in its own "
+             "process; peak RSS = that process's ru_maxrss.", "", machine_summary(record["machine"]),
+             f"Command: `{record['command']}`", "",
+             "| method | bf16 | lr | trainable params | trainable % | peak RSS (MB) | peak RSS vs full | steps/s | "
              "eval loss before | eval loss after | vs full | artifact MB |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    full = rows.get("full")
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in rows.items():
+        full = rows.get(name.replace(name.split(" ")[0], "full", 1))  # full at the same bf16 setting
         mem = f"{r['process_max_rss_mb'] / full['process_max_rss_mb']:.0%}" if full else "-"
         rel = f"{r['eval_loss_after'] / full['eval_loss_after'] - 1:+.1%}" if full else "-"
-        lines.append(f"| {name} | {r['lr']:g} | {r['trainable_params']:,} | {r['trainable_pct']:.3f} | "
+        lines.append(f"| {name.split(' ')[0]} | {'on' if r['bf16'] else 'off'} | {r['lr']:g} | "
+                     f"{r['trainable_params']:,} | {r['trainable_pct']:.3f} | "
                      f"{r['process_max_rss_mb']:.0f} | {mem} | {r['steps_per_s']:.3f} | {r['eval_loss_before']:.3f} | "
                      f"{r['eval_loss_after']:.3f} | {rel} | {r['artifact_mb']:.1f} |")
     lines += ["", "## Seeds' guidance (LoRA r=16 vs full fine-tuning)", "",
@@ -86,34 +95,47 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--gradient-checkpointing", action="store_true", help="for every method (fair memory comparison)")
     ap.add_argument("--tag", default="", help="suffix of the result files (results<tag>.json / .md)")
+    ap.add_argument("--bf16", choices=("auto", "on", "off", "both"), default="auto",
+                    help="bf16 autocast for training; both = every method twice, on and off")
+    ap.add_argument("--model", default=MODEL, help="base model (builtin:tiny-llama for a smoke run)")
+    ap.add_argument("--out", type=Path, default=OUT, help="result directory")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        worker(args.worker, args.steps, args.seq_len, args.batch, Path(args.worker_out), args.gradient_checkpointing)
+        worker(args.worker, args.steps, args.seq_len, args.batch, Path(args.worker_out), args.gradient_checkpointing,
+               args.bf16, args.model)
         return
+    from llmpress.hardware import benchmark_record
+
+    record = benchmark_record(sys.argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    OUT.mkdir(parents=True, exist_ok=True)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict] = {}
-    for method in args.methods.split(","):
-        part = OUT / f"{method}{args.tag}.json"
-        print(f"[tuning] {method}: {args.steps} steps ...", file=sys.stderr, flush=True)
+    settings = ["on", "off"] if args.bf16 == "both" else [args.bf16]
+    for method, bf16 in [(m, b) for m in args.methods.split(",") for b in settings]:
+        key = method if len(settings) == 1 else f"{method} bf16={bf16}"
+        part = out / f"{method}{'' if len(settings) == 1 else '-bf16' + bf16}{args.tag}.json"
+        print(f"[tuning] {key}: {args.steps} steps ...", file=sys.stderr, flush=True)
         subprocess.run([sys.executable, __file__, "--worker", method, "--worker-out", str(part),
-                        "--steps", str(args.steps), "--seq-len", str(args.seq_len), "--batch", str(args.batch)]
+                        "--steps", str(args.steps), "--seq-len", str(args.seq_len), "--batch", str(args.batch),
+                        "--bf16", bf16, "--model", args.model]
                        + (["--gradient-checkpointing"] if args.gradient_checkpointing else []),
                        check=True)
-        rows[method] = json.loads(part.read_text())
-        r = rows[method]
-        print(f"[tuning] {method}: {r['trainable_pct']:.3f}% trainable, peak {r['process_max_rss_mb']:.0f} MB, "
+        rows[key] = json.loads(part.read_text())
+        r = rows[key]
+        print(f"[tuning] {key}: {r['trainable_pct']:.3f}% trainable, peak {r['process_max_rss_mb']:.0f} MB, "
               f"{r['steps_per_s']:.3f} steps/s, eval loss {r['eval_loss_before']:.3f} -> {r['eval_loss_after']:.3f}",
               file=sys.stderr, flush=True)
     checks: dict[str, dict] = {}
-    if "lora" in rows:
-        lo = rows["lora"]
+    sfx = "" if len(settings) == 1 else f" bf16={settings[0]}"  # the seeds' checks at one setting
+    if "lora" + sfx in rows:
+        lo = rows["lora" + sfx]
         checks["trainable"] = {"check": "LoRA trainable share", "target": "<= 2 %",
                                "measured": f"{lo['trainable_pct']:.2f} %", "met": lo["trainable_pct"] <= 2.0}
-        if "full" in rows:
-            fu = rows["full"]
+        if "full" + sfx in rows:
+            fu = rows["full" + sfx]
             mem = lo["process_max_rss_mb"] / fu["process_max_rss_mb"]
             loss = lo["eval_loss_after"] / fu["eval_loss_after"] - 1
             checks["memory"] = {"check": "LoRA peak RSS / full peak RSS", "target": "<= 60 %",
@@ -122,11 +144,11 @@ def main() -> None:
             checks["loss"] = {"check": "LoRA eval loss vs full, same steps", "target": "within 5 %",
                               "measured": f"{loss:+.1%} ({lo['eval_loss_after']:.3f} vs {fu['eval_loss_after']:.3f})",
                               "met": abs(loss) <= 0.05 or loss < 0}
-    result = {"model": MODEL, "data": DATA, "steps": args.steps, "seq_len": args.seq_len, "batch": args.batch,
+    result = {**record, "model": args.model, "data": DATA, "bf16": args.bf16, "steps": args.steps, "seq_len": args.seq_len, "batch": args.batch,
               "gradient_checkpointing": args.gradient_checkpointing, "methods": rows, "checks": checks}
-    (OUT / f"results{args.tag}.json").write_text(json.dumps(result, indent=2, default=str))
-    md = markdown(rows, checks, args)
-    (OUT / f"results{args.tag}.md").write_text(md)
+    (out / f"results{args.tag}.json").write_text(json.dumps(result, indent=2, default=str))
+    md = markdown(rows, checks, args, record)
+    (out / f"results{args.tag}.md").write_text(md)
     print(md)
 
 

@@ -67,3 +67,34 @@ def test_record_metrics_updates_manifest_and_registry(fresh_registry) -> None:
     assert json.loads((art.path / MANIFEST).read_text())["metrics"]["quality"]["perplexity"] == 12.5
     assert fresh_registry.get(art.id).metrics["quality"]["perplexity"] == 12.5
     Artifact.open(art.path)  # the manifest rewrite does not break verification
+
+
+def test_overwrite_replaces_files_and_registry_row(fresh_registry, tmp_path: Path) -> None:
+    old = _write(dest=tmp_path / "model")
+    fresh_registry.add_evaluation(old, "demo-set", "quality", {"perplexity": 3.0})
+    new = _write(dest=tmp_path / "model")
+    assert new.id != old.id and Artifact.open(tmp_path / "model").id == new.id
+    assert fresh_registry.get(new.id).path == str(tmp_path / "model")
+    with pytest.raises(NotFoundError):  # the old row described files that no longer exist
+        fresh_registry.get(old.id)
+    assert fresh_registry.evaluations(old.id) == []
+    assert [p.name for p in tmp_path.iterdir() if "model" in p.name] == ["model"]  # no aside or temp dir left
+
+
+def test_failed_overwrite_keeps_the_old_artifact(fresh_registry, tmp_path: Path, monkeypatch) -> None:
+    old = _write(dest=tmp_path / "model")
+    with pytest.raises(RuntimeError):  # the step fails
+        _write(dest=tmp_path / "model", fail=True)
+    # the registry write fails after the new files are in place: a registry from a newer llmpress
+    import sqlite3
+
+    db = tmp_path / "newer.db"
+    with sqlite3.connect(db) as c:
+        c.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY)")
+        c.execute("INSERT INTO alembic_version VALUES ('9999_from_the_future')")
+    monkeypatch.setenv("LLMPRESS_DATABASE_URL", f"sqlite:///{db}")
+    with pytest.raises(Exception, match="9999_from_the_future"):
+        _write(dest=tmp_path / "model")
+    monkeypatch.undo()
+    assert Artifact.open(tmp_path / "model").id == old.id  # files intact, hashes verified
+    assert [p.name for p in tmp_path.iterdir() if "model" in p.name] == ["model"]

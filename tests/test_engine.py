@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import weakref
 
 import pytest
 import torch
@@ -19,16 +20,33 @@ def model_tok(tiny):
     return tiny.load_model(), tiny.load_tokenizer()
 
 
-_HF: dict[tuple[int, tuple[int, ...], int], list[int]] = {}
+# Memo per model object, not per id(model): an id is reused once a model is freed, and a later
+# model at the same address would be compared against another model's references.
+_HF: weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[tuple[int, ...], int], list[int]]] = (
+    weakref.WeakKeyDictionary())
 
 
 def hf_greedy(model, ids: list[int], n: int) -> list[int]:
     """HF generate() greedy continuation (memoised: several tests compare against the same references)."""
-    k = (id(model), tuple(ids), n)
-    if k not in _HF:
+    memo = _HF.setdefault(model, {})
+    k = (tuple(ids), n)
+    if k not in memo:
         out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False)
-        _HF[k] = out[0, len(ids):].tolist()
-    return _HF[k]
+        memo[k] = out[0, len(ids):].tolist()
+    return memo[k]
+
+
+def penalized_greedy(model, ids: list[int], n: int, frequency: float, presence: float) -> list[int]:
+    """Greedy decoding with OpenAI's penalties written out: logit -= frequency * count + presence * (count > 0),
+    counting the generated tokens only."""
+    out: list[int] = []
+    with torch.inference_mode():
+        for _ in range(n):
+            logits = model(torch.tensor([ids + out])).logits[0, -1].float()
+            for t in set(out):
+                logits[t] -= frequency * out.count(t) + presence
+            out.append(int(logits.argmax()))
+    return out
 
 
 def run(model, tok, prompts, params, **cfg):
@@ -139,9 +157,12 @@ def test_sampling_controls(model_tok):
     assert minp[0].token_ids == greedy
     rep = llm.generate([ids], SamplingParams(max_tokens=12, temperature=0, repetition_penalty=5.0, ignore_eos=True))
     assert len(set(rep[0].token_ids)) == 12  # a strong penalty forbids repeats on this model
-    freq = llm.generate([ids], SamplingParams(max_tokens=12, temperature=0, frequency_penalty=2.0,
-                                              presence_penalty=2.0, ignore_eos=True))
-    assert freq[0].token_ids != greedy or len(set(greedy)) == 12
+    assert len(set(greedy)) < 12  # greedy repeats itself here, so the penalties below have work to do
+    # 0.2: tokens repeat until their count outweighs the margin, so counting matters, not just "seen"
+    for frequency, presence in ((0.2, 0.0), (0.0, 2.0), (0.05, 0.3)):
+        pen = llm.generate([ids], SamplingParams(max_tokens=12, temperature=0, frequency_penalty=frequency,
+                                                 presence_penalty=presence, ignore_eos=True))[0].token_ids
+        assert pen != greedy and pen == penalized_greedy(model, ids, 12, frequency, presence)
     # stop token id and stop string
     stop_id = greedy[3]
     st = llm.generate([ids], SamplingParams(max_tokens=12, temperature=0, stop_token_ids=[stop_id]))[0]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,39 +12,8 @@ import httpx
 import openai
 import pytest
 import torch
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Live:
-    def __init__(self, app: Any, port: int, server: Any, thread: threading.Thread) -> None:
-        self.app, self.port, self.server, self.thread = app, port, server, thread
-        self.url = f"http://127.0.0.1:{port}"
-
-    @property
-    def engine(self) -> Any:
-        return self.app.state.engine
-
-
-def start_server(model: Any, **kw: Any) -> Live:
-    import uvicorn
-
-    from llmpress.server import build_app
-
-    app, _ = build_app(model, **kw)
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
-    th = threading.Thread(target=server.run, daemon=True)
-    th.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    return Live(app, port, server, th)
+from live import free_port as _free_port
+from live import start_server
 
 
 @pytest.fixture(scope="module")
@@ -105,10 +73,12 @@ def test_echo_logprobs_for_scoring(client, live):
     # the prompt logprob of a token equals the logprob the model gives it when generating it greedily
     r2 = client.completions.create(model="tiny-llama", prompt=prompt, max_tokens=1, temperature=0, logprobs=0)
     nxt = r2.choices[0].logprobs
-    r3 = client.completions.create(model="tiny-llama", prompt=prompt + r2.choices[0].text, max_tokens=0, echo=True,
-                                   logprobs=0)
-    if len(r3.choices[0].logprobs.tokens) == n + 1:
-        assert abs(r3.choices[0].logprobs.token_logprobs[-1] - nxt.token_logprobs[0]) < 1e-3
+    # score the prompt + that token by ids (text could re-tokenize differently): its last logprob is the same
+    greedy_id = hf_greedy(live.engine.runner.model, tok.encode(prompt), 1)[0]
+    ids = tok.encode(prompt) + [greedy_id]
+    r3 = client.completions.create(model="tiny-llama", prompt=ids, max_tokens=0, echo=True, logprobs=0)
+    assert len(r3.choices[0].logprobs.tokens) == n + 1
+    assert abs(r3.choices[0].logprobs.token_logprobs[-1] - nxt.token_logprobs[0]) < 1e-3
 
 
 def test_streaming_equals_non_streaming(client):
@@ -160,10 +130,17 @@ def test_prefix_cache_hit_gives_identical_output(client, live):
     assert "llmpress_prefix_cache_hit_tokens" in metrics and "llmpress_kv_blocks_used" in metrics
 
 
-def test_generate_contract(live, key):
-    r = httpx.post(live.url + "/generate", json={"prompt": "Hello", "max_length": 5},
-                   headers={"Authorization": f"Bearer {key}"})
-    assert r.status_code == 200 and isinstance(r.json()["generated_text"], str)
+def test_generate_contract(live, key, client):
+    """/generate: `max_length` new tokens, greedy by default — the same text as a greedy completion."""
+    h = {"Authorization": f"Bearer {key}"}
+    r = httpx.post(live.url + "/generate", json={"prompt": "Hello", "max_length": 5}, headers=h)
+    assert r.status_code == 200
+    ref = client.completions.create(model="tiny-llama", prompt="Hello", max_tokens=5, temperature=0)
+    assert r.json()["generated_text"] == ref.choices[0].text
+    assert ref.usage.completion_tokens == 5 or ref.choices[0].finish_reason == "stop"
+    r = httpx.post(live.url + "/generate", json={"prompt": "Hello", "max_tokens": 100000}, headers=h)
+    assert r.status_code == 422 and r.json()["error"]["param"] == "max_tokens"
+    assert "unknown field" in r.json()["error"]["message"]
 
 
 def test_bad_inputs_give_openai_errors(client, live, key):

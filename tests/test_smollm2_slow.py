@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 
 import pytest
 import torch
@@ -12,17 +11,20 @@ import torch
 pytestmark = pytest.mark.slow
 
 
-def test_conversion_is_cached_and_fast_to_reload(smollm2) -> None:
-    from llmpress.artifact import Artifact
+def test_conversion_is_cached(smollm2) -> None:
+    """A second resolve reuses the converted artifact (same id, files untouched); speed is benchmarks' job."""
+    from llmpress.artifact import MANIFEST, Artifact
+    from llmpress.sources import resolve
 
     assert smollm2.manifest.step.name == "convert-gguf"
-    t = time.perf_counter()
+    stamps = {p.name: p.stat().st_mtime_ns for p in smollm2.path.iterdir()}
+    again = resolve("builtin:smollm2-135m")
+    assert again.id == smollm2.id and again.path == smollm2.path
+    assert {p.name: p.stat().st_mtime_ns for p in smollm2.path.iterdir()} == stamps and MANIFEST in stamps
     model = Artifact.open(smollm2.path).load_model()
-    elapsed = time.perf_counter() - t
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
     assert model.dtype == torch.float32
     assert "quantization_config" not in json.loads((smollm2.path / "config.json").read_text())
-    assert elapsed < 60  # generous: a cached load is seconds; the GGUF path is what is slow
 
 
 def test_perplexity_matches_independent_transformers(smollm2) -> None:

@@ -112,10 +112,12 @@ class Manifest:
             ) from e
 
 
-# Loader plugins: stages to the right of this module (quantize, tune, export) register how
+# Loader plugins: stages to the right of this module (sources, quantize, tune, export) register how
 # their artifacts become runnable models. The table maps loader name -> module to import,
 # so this module never imports them at start-up.
 _LOADER_MODULES: dict[str, str] = {
+    "hf": "llmpress.sources.hf",  # plain from_pretrained; also registers the "tokenizer" loader
+    "tokenizer": "llmpress.sources.hf",
     "quantized": "llmpress.compress.quantize",
     "adapter": "llmpress.tune.adapters",
 }
@@ -128,6 +130,15 @@ def register_loader(name: str) -> Callable[[Callable[..., Any]], Callable[..., A
         return fn
 
     return deco
+
+
+def _loader(name: str, where: Path) -> Callable[..., Any]:
+    if name not in _LOADERS and name in _LOADER_MODULES:
+        importlib.import_module(_LOADER_MODULES[name])
+    if name not in _LOADERS:
+        raise ManifestError(f"artifact {where} needs loader {name!r}, which this llmpress does not have",
+                            "upgrade llmpress or install the extra that provides it")
+    return _LOADERS[name]
 
 
 class Artifact:
@@ -195,27 +206,11 @@ class Artifact:
 
     def load_model(self, **kwargs: Any) -> Any:
         """Rebuild the runnable torch model with the loader the manifest names."""
-        name = self.manifest.loader
-        if name == "hf":
-            from llmpress.sources.hf import load_hf_model
-
-            return load_hf_model(self.path, **kwargs)
-        if name not in _LOADERS and name in _LOADER_MODULES:
-            importlib.import_module(_LOADER_MODULES[name])
-        if name not in _LOADERS:
-            raise ManifestError(f"artifact {self.path} needs loader {name!r}, which this llmpress does not have",
-                                "upgrade llmpress or install the extra that provides it")
-        return _LOADERS[name](self, **kwargs)
+        return _loader(self.manifest.loader, self.path)(self, **kwargs)
 
     def load_tokenizer(self) -> Any:
-        from llmpress.sources.hf import load_tokenizer
-
-        base = self.path
-        if self.manifest.format == "adapter" and not (base / "tokenizer_config.json").exists():
-            from llmpress.sources import resolve
-
-            base = resolve(self.manifest.parent or "").path
-        return load_tokenizer(base)
+        """The tokenizer saved with the model (an adapter's comes from its base)."""
+        return _loader("tokenizer", self.path)(self)
 
     # -- metrics ---------------------------------------------------------------------
     def record_metrics(self, section: str, values: dict[str, Any]) -> None:
@@ -251,6 +246,8 @@ def create_artifact(
     Yields a writer whose `.path` is a temporary directory; fill it, then on a clean exit
     the manifest is written with file hashes, the directory is renamed to its final place
     and the artifact is recorded in the registry. On any exception nothing is left behind.
+    Overwriting `dest` moves the old directory aside until the new one is in place and registered
+    (then deletes it, and its registry row with it); a failure puts the old one back.
     """
     if format not in FORMATS:
         raise ManifestError(f"unknown artifact format {format!r}", f"use one of {', '.join(FORMATS)}")
@@ -266,25 +263,51 @@ def create_artifact(
         loader=loader,
     )
     writer = ArtifactWriter(tmp, manifest)
+    replaced = _artifact_id_at(final)
+    aside: Path | None = None
     try:
         yield writer
         manifest.files_sha256 = hash_tree(tmp)
         (tmp / MANIFEST).write_text(manifest.to_json())
-        if final.exists():
-            shutil.rmtree(final)
+        if final.exists():  # overwrite: move the old directory aside first, delete it only at the end
+            aside = final.parent / f".{final.name}.old-{new_id()}"
+            os.replace(final, aside)
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        _restore(aside, final)
         raise
     writer.artifact = Artifact(final, manifest)
     if register:
         from llmpress.registry import get_registry
 
         try:
-            get_registry().add_artifact(writer.artifact)
+            # One transaction: the new row in, the overwritten artifact's row (its files are gone) out.
+            get_registry().add_artifact(writer.artifact, replaces=replaced)
         except BaseException:
             shutil.rmtree(final, ignore_errors=True)
+            _restore(aside, final)
             raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def _artifact_id_at(path: Path) -> str | None:
+    """The id in the manifest of an artifact already at `path` (what an overwrite replaces), if any."""
+    try:
+        data = json.loads((path / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return str(data["id"]) if isinstance(data, dict) and data.get("id") else None
+
+
+def _restore(aside: Path | None, final: Path) -> None:
+    """Put an overwritten artifact back where it was after a failed overwrite."""
+    if aside is None:
+        return
+    if final.exists():
+        shutil.rmtree(final, ignore_errors=True)
+    os.replace(aside, final)
 
 
 class ArtifactWriter:

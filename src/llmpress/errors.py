@@ -92,6 +92,20 @@ class OverloadedError(LlmpressError):
     error_type = "overloaded_error"
 
 
+class EngineFaultError(LlmpressError):
+    """The model failed on a request (a server fault, not the client's): 500 server_error."""
+
+    exit_code = 9
+    http_status = 500
+    error_type = "server_error"
+
+
+class EngineUnhealthyError(OverloadedError):
+    """The engine failed step after step and refuses new work until restarted: 503."""
+
+    error_type = "server_error"
+
+
 class RateLimitError(LlmpressError):
     """A per-key request or token rate, or the token budget, is exceeded; `retry_after` seconds."""
 

@@ -91,3 +91,20 @@ def machine_info() -> dict[str, Any]:
         "git_commit": git_commit(),
     }
 
+
+
+def machine_summary(info: dict[str, Any] | None = None) -> str:
+    """One markdown line for a benchmark result: what ran it, so numbers are read against their machine."""
+    m = info or machine_info()
+    return (f"Machine: {m['cpu_model']} ({m['cores']} cores), flags {' '.join(m['flags']) or 'none of note'}, "
+            f"{m['threads']} torch threads, torch {m['torch']}, Python {m['python']}, "
+            f"commit {m['git_commit'] or 'unknown'}.")
+
+
+def benchmark_record(argv: list[str]) -> dict[str, Any]:
+    """What every benchmark JSON carries besides its numbers: the machine and the exact command."""
+    import shlex
+    import sys
+
+    return {"machine": machine_info(), "command": shlex.join([Path(argv[0]).as_posix(), *argv[1:]]),
+            "python_executable": sys.executable}

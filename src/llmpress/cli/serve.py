@@ -14,26 +14,26 @@ from llmpress.errors import ConfigError
 
 def serve_on_main_thread(app: Any, config: Any) -> None:
     """uvicorn in a helper thread, the engine loop on this (main) thread, where the model was loaded
-    (see EngineThread: one OpenMP pool, twice the decode speed on 2 cores). SIGINT / SIGTERM ask
+    (see server.driver: one OpenMP pool, twice the decode speed on 2 cores). SIGINT / SIGTERM ask
     uvicorn to exit; its lifespan drains in-flight requests and stops the engine loop."""
     import uvicorn
 
     server = uvicorn.Server(config)
-    engine_thread = app.state.engine_thread
+    driver = app.state.driver  # built with loop="caller": the lifespan never starts a second loop
     http = threading.Thread(target=server.run, name="llmpress-http", daemon=True)
 
     def on_signal(signum: int, frame: Any) -> None:
         server.should_exit = True
-        engine_thread.wake()
+        driver.wake()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         http.start()
         # The loop returns when the lifespan's shutdown calls stop(); a server that fails to start
         # (port in use) ends its thread without that, so watch the thread too.
-        watcher = threading.Thread(target=lambda: (http.join(), engine_thread.stop(0)), daemon=True)
+        watcher = threading.Thread(target=lambda: (http.join(), driver.stop(0)), daemon=True)
         watcher.start()
-        engine_thread.run_here()
+        driver.run_here()
         http.join(60)
         if server.started is False and not server.should_exit:
             raise ConfigError(f"the HTTP server could not start on {config.host}:{config.port}",
@@ -82,6 +82,7 @@ def register(app: typer.Typer) -> None:
 
         def body() -> None:
             import logging
+            import time
 
             import uvicorn
 
@@ -89,6 +90,7 @@ def register(app: typer.Typer) -> None:
             from llmpress.server import build_app
             from llmpress.server.logs import setup_json_logging
 
+            t_start = time.perf_counter()
             setup_json_logging(getattr(logging, log_level.upper(), logging.INFO))
             if no_auth:
                 console.print(f"[yellow]warning:[/] serving WITHOUT API keys on {host} (loopback only); "
@@ -96,7 +98,8 @@ def register(app: typer.Typer) -> None:
             app, art = build_app(model, host=host, auth=not no_auth, max_batch=max_batch,
                                  max_tokens_per_step=max_tokens_per_step, max_waiting=max_waiting,
                                  kv_cache_mb=kv_cache_mb, block_size=block_size,
-                                 enable_prefix_caching=prefix_caching, num_threads=threads or None)
+                                 enable_prefix_caching=prefix_caching, num_threads=threads or None,
+                                 engine_loop="caller")
             store = KeyStore()
             if not no_auth and not any(k["status"] == "active" for k in store.list()):
                 console.print("[yellow]warning:[/] no active API keys: every request will get 401; "
@@ -104,7 +107,7 @@ def register(app: typer.Typer) -> None:
             eng = app.state.engine
             console.print(f"serving [bold]{art.name}[/] ({art.id}) on http://{host}:{port}  "
                           f"KV cache {eng.runner.num_blocks} blocks x {block_size} tokens "
-                          f"({eng.runner.kv_cache_mb:.0f} MiB)")
+                          f"({eng.runner.kv_cache_mb:.0f} MiB); loaded in {time.perf_counter() - t_start:.1f} s")
             dep = store.start_deployment(art.id, host, port, {"max_batch": max_batch, "kv_cache_mb": kv_cache_mb,
                                                               "auth": not no_auth})
             try:

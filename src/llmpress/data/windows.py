@@ -61,3 +61,28 @@ def training_blocks(texts: list[str], tokenizer: Any, length: int, max_blocks: i
     if not blocks:
         raise DataError(f"corpus has {len(ids)} tokens, fewer than one block of {length}", "use more text")
     return blocks[:max_blocks] if max_blocks else blocks
+
+
+def calibration_windows(tokenizer: Any, texts: list[str], n: int, seq_len: int) -> Any:
+    """Concatenate texts into one token stream and cut `n` windows of `seq_len`: a (n, seq_len) LongTensor.
+
+    Fewer tokens than one window is a DataError; fewer than `n` windows uses what there is.
+    """
+    import torch
+
+    texts = [t for t in texts if t and t.strip()]
+    if not texts:
+        raise DataError("the calibration data is empty", "pass --data with some text (e.g. builtin:pydoc)")
+    ids: list[int] = []
+    eos = tokenizer.eos_token_id
+    for t in texts:
+        ids.extend(tokenizer(t, add_special_tokens=False)["input_ids"])
+        if eos is not None:
+            ids.append(eos)
+        if len(ids) >= n * seq_len:
+            break
+    count = min(n, len(ids) // seq_len)
+    if count < 1:
+        raise DataError(f"the calibration data has {len(ids)} tokens, fewer than one window of {seq_len}",
+                        "pass more text or a smaller --seq-len")
+    return torch.tensor(ids[: count * seq_len], dtype=torch.long).view(count, seq_len)

@@ -89,7 +89,7 @@ class Sequence:
         self.num_computed = 0  # tokens whose KV is in the cache
         self.num_cached_prefix = 0  # of those, how many came from the prefix cache
         self.block_table: list[int] = []
-        self.block_hashes: list[int] = []  # prefix-cache hash of each full, computed block
+        self.block_hashes: list[bytes] = []  # prefix-cache hash of each full, computed block
         self.status = SequenceStatus.WAITING
         self.finish_reason: str | None = None
         self.error: str | None = None
@@ -99,7 +99,10 @@ class Sequence:
         self.logprobs: list[dict[str, Any]] = []  # per output token: {"token", "logprob", "top": {id: lp}}
         self.prompt_logprobs: list[dict[str, Any] | None] = []  # per prompt token (first is None)
         self.generator: Any = None  # torch.Generator when sampling with a seed
-        self.user_data: Any = None  # the caller's handle (e.g. the server's output queue)
+        self.detok: Any = None  # the engine's IncrementalDetokenizer for this sequence
+        self.published_tokens = 0  # output tokens already sent in a StepOutput
+        self.published_logprobs = 0  # logprob / prompt-logprob entries already sent in a StepOutput
+        self.published_prompt_logprobs = 0
 
     def __len__(self) -> int:
         return len(self.token_ids)

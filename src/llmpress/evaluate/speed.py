@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import statistics
 import subprocess
 import sys
@@ -228,41 +229,97 @@ def _worker(artifact_path: str, config_json: str) -> None:
         emit({"event": "error", "message": e.message, "fix": e.fix, "class": type(e).__name__})
 
 
-def measure_in_subprocess(artifact_path: Path, config: SpeedConfig,
-                          on_progress: Callable[[int, int, str], None] | None = None,
-                          timeout: float = 3600) -> dict[str, Any]:
-    """Run `measure_speed` on a freshly loaded artifact in a child Python process."""
-    env = dict(os.environ)
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    cmd = [sys.executable, "-m", "llmpress.evaluate.speed", str(artifact_path), json.dumps(asdict(config))]
+def run_json_child(cmd: list[str], timeout: float, on_event: Callable[[dict[str, Any]], None],
+                   env: dict[str, str] | None = None) -> tuple[int, str, bool]:
+    """Run `cmd`, handing each JSON line it prints on stdout to `on_event`, until it exits or `timeout`
+    seconds of wall clock have passed (then it is killed).
+
+    Both pipes are drained by their own threads, so a child that writes megabytes to stderr cannot
+    fill its pipe and hang on us, and the deadline holds even while the child prints nothing.
+    Returns (exit code, last 64 KB of stderr, whether it timed out).
+    """
+    import threading
+
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    result: dict[str, Any] | None = None
-    error: dict[str, Any] | None = None
-    assert proc.stdout is not None
+    assert proc.stdout is not None and proc.stderr is not None
+    lines: queue.Queue[str | None] = queue.Queue()
+    err_tail: list[str] = []
+
+    def pump_stdout() -> None:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            lines.put(line)
+        lines.put(None)
+
+    def pump_stderr() -> None:
+        size = 0
+        for chunk in iter(lambda: proc.stderr.read(8192), ""):  # type: ignore[union-attr]
+            err_tail.append(chunk)
+            size += len(chunk)
+            while size > 65536 and len(err_tail) > 1:
+                size -= len(err_tail.pop(0))
+
+    readers = [threading.Thread(target=f, daemon=True, name=f"speed-{f.__name__}") for f in (pump_stdout, pump_stderr)]
+    for t in readers:
+        t.start()
     deadline = time.monotonic() + timeout
-    for line in proc.stdout:
+    timed_out = False
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            timed_out = True
+            break
+        try:
+            line = lines.get(timeout=min(left, 1.0))
+        except queue.Empty:
+            continue
+        if line is None:
+            break
         try:
             ev = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(ev, dict):
+            on_event(ev)
+    if timed_out:
+        proc.kill()
+    try:
+        code = proc.wait(timeout=max(deadline - time.monotonic(), 10.0))
+    except subprocess.TimeoutExpired:  # stdout closed but the process lingers past the deadline
+        proc.kill()
+        code = proc.wait()
+        timed_out = True
+    for t in readers:
+        t.join(timeout=5)
+    return code, "".join(err_tail), timed_out
+
+
+def measure_in_subprocess(artifact_path: Path, config: SpeedConfig,
+                          on_progress: Callable[[int, int, str], None] | None = None,
+                          timeout: float = 3600) -> dict[str, Any]:
+    """Run `measure_speed` on a freshly loaded artifact in a child Python process (killed after `timeout` s)."""
+    env = dict(os.environ)
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    cmd = [sys.executable, "-m", "llmpress.evaluate.speed", str(artifact_path), json.dumps(asdict(config))]
+    got: dict[str, Any] = {}
+
+    def on_event(ev: dict[str, Any]) -> None:
         if ev.get("event") == "progress" and on_progress:
             on_progress(ev["done"], ev["total"], ev["desc"])
-        elif ev.get("event") == "result":
-            result = ev["result"]
-        elif ev.get("event") == "error":
-            error = ev
-        if time.monotonic() > deadline:
-            proc.kill()
-            break
-    stderr = proc.stderr.read() if proc.stderr else ""
-    proc.wait()
-    if error is not None:
-        raise LlmpressError(error["message"], error.get("fix"))
-    if result is None:
+        elif ev.get("event") in ("result", "error"):
+            got[ev["event"]] = ev
+
+    code, stderr, timed_out = run_json_child(cmd, timeout, on_event, env)
+    if "error" in got:
+        raise LlmpressError(got["error"]["message"], got["error"].get("fix"))
+    if timed_out:
+        raise LlmpressError(f"speed measurement of {artifact_path} did not finish within {timeout:.0f} s; "
+                            "the measuring process was killed",
+                            "measure fewer batch sizes or tokens, or run `llmpress eval --no-speed`")
+    if "result" not in got:
         tail = "\n".join(stderr.strip().splitlines()[-3:])
-        raise LlmpressError(f"speed measurement of {artifact_path} failed (exit {proc.returncode}): {tail}",
+        raise LlmpressError(f"speed measurement of {artifact_path} failed (exit {code}): {tail}",
                             "run `llmpress eval --no-speed` to skip it, or report the error")
-    return result
+    return got["result"]["result"]
 
 
 if __name__ == "__main__":

@@ -6,14 +6,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmpress.errors import ConfigError
+from llmpress.frontier import TARGETS, pareto_front
 
-TARGETS = {
-    # target -> (metric key in a Candidate, higher is better)
-    "latency": ("b1_tok_s", True),
-    "throughput": ("b32_tok_s", True),
-    "memory": ("peak_rss_mb", False),
-}
-
+__all__ = ["TARGETS", "Candidate", "parse_quality_drop", "mark_front", "choose"]
 
 @dataclass
 class Candidate:
@@ -51,8 +46,6 @@ def parse_quality_drop(text: str) -> float:
 
 def mark_front(cands: list[Candidate], target: str) -> list[int]:
     """Mark candidates on the front of (target metric, perplexity); returns their indices."""
-    from llmpress.report.plots import pareto_front
-
     key, higher = TARGETS[target]
     ok = [i for i, c in enumerate(cands) if c.error is None and getattr(c, key) is not None]
     pts = [(getattr(cands[i], key), cands[i].perplexity) for i in ok]

@@ -1,9 +1,9 @@
 """Recipes: named steps composed with `+` (e.g. `prune:heads-25%+int8-weight-only`).
 
 One table maps a step name to a function `(artifact, arg, ctx) -> artifact`. Quantization
-schemes register here from `llmpress.compress.quantize`; other stages (pruning,
-distillation) register their own steps with `register_recipe` in a module listed in
-`RECIPE_MODULES`, imported lazily so a missing stage never breaks the others.
+schemes are added from `llmpress.compress.quantize`'s table; other steps (pruning,
+distillation) are registered with `register_recipe` by a plan module listed in
+`RECIPE_MODULES`, imported lazily. Stages never import plan: plan adapts them.
 
 Step syntax: `NAME` or `NAME:ARG`. For quantization steps ARG is a comma list of
 `gNN` (group size), `gptq` / `rtn` (int4 method) or `key=value` for any config field.
@@ -22,7 +22,7 @@ from llmpress.errors import ConfigError
 StepFn = Callable[[Artifact, str | None, "RecipeContext"], Artifact]
 
 # Modules that register recipe steps when imported (other engineers' stages add theirs here).
-RECIPE_MODULES = ("llmpress.compress.prune.recipes", "llmpress.compress.distill.recipes")
+RECIPE_MODULES = ("llmpress.plan.steps",)
 
 
 @dataclass

@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, select
+from sqlalchemy import create_engine, delete, event, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -62,9 +62,13 @@ class Registry:
         self.session = sessionmaker(self.engine, expire_on_commit=False)
 
     # -- artifacts -------------------------------------------------------------------
-    def add_artifact(self, art: Artifact) -> None:
+    def add_artifact(self, art: Artifact, replaces: str | None = None) -> None:
+        """Record `art`; `replaces` names an artifact whose directory it overwrote (its row and evaluations go)."""
         m = art.manifest
         with self.session.begin() as s:
+            if replaces and replaces != m.id:
+                s.execute(delete(EvaluationRow).where(EvaluationRow.artifact_id == replaces))
+                s.execute(delete(ArtifactRow).where(ArtifactRow.id == replaces))
             row = s.get(ArtifactRow, m.id) or ArtifactRow(id=m.id)
             row.name, row.format, row.parent_id = m.name, m.format, m.parent
             row.step_name, row.step_params = m.step.name, m.step.params

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from llmpress.errors import AuthError, ConfigError, NotFoundError
 from llmpress.registry import Registry, get_registry
-from llmpress.registry.tables import ApiKeyRow, DeploymentRow, UsageRow
+from llmpress.registry.tables import ApiKeyRow, DeploymentRow, KeyReservationRow, UsageRow
 
 SCOPES = ("completions", "chat", "models", "admin")
 
@@ -34,6 +34,7 @@ class KeyInfo:
     tokens_per_minute: int | None
     token_budget: int | None
     tokens_used: int
+    tokens_reserved: int = 0
 
 
 def _hash(secret: str) -> str:
@@ -50,7 +51,7 @@ def _aware(dt: datetime | None) -> datetime | None:
 
 def _info(row: ApiKeyRow) -> KeyInfo:
     return KeyInfo(row.id, row.name, list(row.scopes or []), row.requests_per_minute, row.tokens_per_minute,
-                   row.token_budget, row.tokens_used or 0)
+                   row.token_budget, row.tokens_used or 0, row.tokens_reserved or 0)
 
 
 class KeyStore:
@@ -146,13 +147,62 @@ class KeyStore:
         return _info(row)
 
     def record_usage(self, key_id: str | None, request_id: str, model: str, endpoint: str, tokens_in: int,
-                     tokens_out: int, latency_ms: float, status: int) -> None:
+                     tokens_out: int, latency_ms: float, status: int, reservation: str | None = None) -> None:
+        """One usage row and the key's tokens_used, in one transaction that also releases the request's
+        budget reservation (if any): usage and budget can never disagree, whatever path the request took."""
         with self.reg.session.begin() as s:
-            s.add(UsageRow(key_id=key_id, request_id=request_id, model=model, endpoint=endpoint, tokens_in=tokens_in,
-                           tokens_out=tokens_out, latency_ms=latency_ms, status=status))
-            if key_id is not None and tokens_in + tokens_out:
+            s.add(UsageRow(key_id=key_id, request_id=request_id[:64], model=model, endpoint=endpoint,
+                           tokens_in=tokens_in, tokens_out=tokens_out, latency_ms=latency_ms, status=status))
+            used = tokens_in + tokens_out
+            held = self._release(s, reservation) if reservation else 0
+            if key_id is not None and (used or held):
                 s.execute(update(ApiKeyRow).where(ApiKeyRow.id == key_id)
-                          .values(tokens_used=ApiKeyRow.tokens_used + tokens_in + tokens_out))
+                          .values(tokens_used=ApiKeyRow.tokens_used + used,
+                                  tokens_reserved=ApiKeyRow.tokens_reserved - held))
+
+    # -- budget reservations (requests in flight count against the budget) ----------------
+    def reserve(self, key_id: str, tokens: int, ttl_s: float) -> str | None:
+        """Hold `tokens` of a key's budget for a request in flight; None when the budget cannot cover it.
+
+        One conditional UPDATE does the check and the hold atomically, so concurrent requests, in one
+        process or in several sharing the database, can never overspend the budget together.
+        """
+        res_id = uuid.uuid4().hex
+        with self.reg.session.begin() as s:
+            r = s.execute(update(ApiKeyRow)
+                          .where(ApiKeyRow.id == key_id, ApiKeyRow.token_budget.is_not(None),
+                                 ApiKeyRow.tokens_used + ApiKeyRow.tokens_reserved + tokens <= ApiKeyRow.token_budget)
+                          .values(tokens_reserved=ApiKeyRow.tokens_reserved + tokens))
+            if r.rowcount != 1:
+                return None
+            s.add(KeyReservationRow(id=res_id, key_id=key_id, tokens=tokens,
+                                    expires_at=datetime.now(UTC) + timedelta(seconds=ttl_s)))
+        return res_id
+
+    def _release(self, s: Any, reservation: str) -> int:
+        row = s.get(KeyReservationRow, reservation)
+        if row is None:  # already released (or reclaimed after expiry)
+            return 0
+        n = s.execute(delete(KeyReservationRow).where(KeyReservationRow.id == reservation)).rowcount
+        return row.tokens if n == 1 else 0
+
+    def release(self, reservation: str) -> None:
+        """Give a reservation back without charging anything (the request never ran)."""
+        with self.reg.session.begin() as s:
+            row = s.get(KeyReservationRow, reservation)
+            held = self._release(s, reservation)
+            if held and row is not None:
+                s.execute(update(ApiKeyRow).where(ApiKeyRow.id == row.key_id)
+                          .values(tokens_reserved=ApiKeyRow.tokens_reserved - held))
+
+    def reclaim_expired(self) -> int:
+        """Release reservations whose request can no longer be running (e.g. its server was killed)."""
+        now = datetime.now(UTC)
+        with self.reg.session() as s:
+            ids = list(s.scalars(select(KeyReservationRow.id).where(KeyReservationRow.expires_at < now)))
+        for rid in ids:
+            self.release(rid)
+        return len(ids)
 
     def usage(self, key_id: str | None = None) -> list[UsageRow]:
         with self.reg.session() as s:

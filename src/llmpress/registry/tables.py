@@ -57,6 +57,22 @@ class ApiKeyRow(Base):
     tokens_per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True)
     token_budget: Mapped[int | None] = mapped_column(Integer, nullable=True)
     tokens_used: Mapped[int] = mapped_column(Integer, default=0)
+    tokens_reserved: Mapped[int] = mapped_column(Integer, default=0)  # held by requests in flight
+
+
+class KeyReservationRow(Base):
+    """Tokens a request in flight holds against its key's budget (settled on every exit path).
+
+    A server killed mid-request leaves its rows behind; they expire and are reclaimed, so a crash
+    never eats budget for good.
+    """
+
+    __tablename__ = "key_reservations"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(32), index=True)
+    tokens: Mapped[int] = mapped_column(Integer)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
 
 
 class UsageRow(Base):

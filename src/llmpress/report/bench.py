@@ -12,7 +12,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from llmpress.report.plots import pareto_front, scatter
+from llmpress.frontier import pareto_front
+from llmpress.report.plots import scatter
 from llmpress.report.tables import markdown_table
 
 COLUMNS = ["model", "id", "params (M)", "MB on disk", "perplexity", "bits/byte", "TTFT ms", "b1 tok/s",

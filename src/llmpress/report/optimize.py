@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from llmpress.frontier import TARGETS
 from llmpress.report.plots import scatter
 from llmpress.report.tables import fmt, markdown_table
 
@@ -32,8 +33,6 @@ def table_rows(result: Any) -> list[list[str]]:
 
 
 def _plot(result: Any, path: Path) -> Path | None:
-    from llmpress.plan.pareto import TARGETS
-
     key, _higher = TARGETS[result.config.target]
     ok = [c for c in result.candidates if c.error is None and getattr(c, key) is not None
           and not math.isnan(c.perplexity)]

@@ -6,16 +6,6 @@ import math
 from pathlib import Path
 
 
-def pareto_front(points: list[tuple[float, float]], higher_x: bool = True, lower_y: bool = True) -> list[int]:
-    """Indices of points not dominated by any other (better or equal on both axes, better on one)."""
-    def better(a: tuple[float, float], b: tuple[float, float]) -> bool:
-        ax, ay = (a[0] if higher_x else -a[0]), (-a[1] if lower_y else a[1])
-        bx, by = (b[0] if higher_x else -b[0]), (-b[1] if lower_y else b[1])
-        return ax >= bx and ay >= by and (ax > bx or ay > by)
-
-    return [i for i, p in enumerate(points) if not any(better(q, p) for j, q in enumerate(points) if j != i)]
-
-
 def scatter(labels: list[str], x: list[float], y: list[float], sizes_mb: list[float], path: Path,
             xlabel: str, ylabel: str, title: str, front: list[int] | None = None,
             highlight: int | None = None, logy: bool | None = None) -> Path:

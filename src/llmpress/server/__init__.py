@@ -1,6 +1,7 @@
 """OpenAI-compatible HTTP server over the engine: FastAPI app, schemas, auth, limits, metrics, JSON logs."""
 
-from llmpress.server.app import ServerConfig, create_app
+from llmpress.server.app import create_app
+from llmpress.server.context import ServerConfig
 
 __all__ = ["ServerConfig", "create_app", "build_app", "is_loopback"]
 
@@ -17,8 +18,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def build_app(model: object, host: str = "127.0.0.1", auth: bool = True, **engine_config: object):  # type: ignore[no-untyped-def]
-    """Resolve a model spec, start an engine on it and wrap it in the app (used by `llmpress serve` and tests)."""
+def build_app(model: object, host: str = "127.0.0.1", auth: bool = True, engine_loop: str = "background",
+              **engine_config: object):  # type: ignore[no-untyped-def]
+    """Resolve a model spec, load an engine on it and wrap it in the app (used by `llmpress serve` and tests).
+
+    `engine_loop="background"`: the app's lifespan starts the engine thread; `"caller"`: the caller runs
+    `app.state.driver.run_here()` itself (one engine loop per process either way, fixed here)."""
     from llmpress.engine import LLMEngine
     from llmpress.errors import ConfigError
     from llmpress.sources import resolve
@@ -30,4 +35,4 @@ def build_app(model: object, host: str = "127.0.0.1", auth: bool = True, **engin
     art = resolve(model) if isinstance(model, str) else model
     engine = LLMEngine.from_artifact(art, **engine_config)
     cfg = ServerConfig(model_name=art.name, model_aliases=[art.id, str(model) if isinstance(model, str) else art.id], auth=auth, parent=art.manifest.parent)
-    return create_app(engine, cfg), art
+    return create_app(engine, cfg, engine_loop), art  # type: ignore[arg-type]

@@ -1,7 +1,8 @@
-"""Per-key rate limits (requests/min, tokens/min) over a sliding 60 s window, and the token budget.
+"""Per-key rate limits (requests/min, tokens/min) over a sliding 60 s window.
 
 In memory, per server process: exact and cheap for one replica; several replicas behind a load
-balancer would share the window in Redis or the database instead.
+balancer would share the window in Redis or the database instead. Token budgets are not checked
+here but in the registry (`KeyStore.reserve`), where requests in flight and other servers count.
 """
 
 from __future__ import annotations
@@ -16,9 +17,6 @@ from llmpress.registry.keys import KeyInfo
 WINDOW = 60.0
 
 
-
-
-
 class RateLimiter:
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -31,10 +29,6 @@ class RateLimiter:
             ev = self._events.setdefault(key.id, deque())
             while ev and ev[0][0] <= now - WINDOW:
                 ev.popleft()
-            if key.token_budget is not None and key.tokens_used + est_tokens > key.token_budget:
-                raise RateLimitError(f"API key {key.id} has used {key.tokens_used} of its {key.token_budget}-token "
-                                     f"budget; this request may need {est_tokens}",
-                                     "ask for a larger budget or a new key", retry_after=3600)
             if key.requests_per_minute is not None and len(ev) >= key.requests_per_minute:
                 wait = ev[0][0] + WINDOW - now
                 raise RateLimitError(f"rate limit of {key.requests_per_minute} requests/min reached for key {key.id}",

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from llmpress.artifact import Artifact, register_loader
 from llmpress.errors import SourceError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
@@ -17,11 +18,11 @@ def quiet_hf() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except Exception:  # pragma: no cover - transformers missing is reported elsewhere
-        pass
+    except ImportError as e:  # every caller goes on to load a model with transformers: say why it cannot
+        raise SourceError(f"transformers cannot be imported ({type(e).__name__}: {e})",
+                          "reinstall llmpress's dependencies (`pip install -e .`; it needs transformers>=5.0)") from e
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 
 def read_config(path: Path) -> dict[str, Any]:
@@ -95,3 +96,19 @@ def save_model(model: Any, tokenizer: Any, dest: Path) -> None:
     model.save_pretrained(dest, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(dest)
+
+
+@register_loader("hf")
+def _hf_loader(artifact: Artifact, **kwargs: Any) -> Any:
+    return load_hf_model(artifact.path, **kwargs)
+
+
+@register_loader("tokenizer")
+def _tokenizer_loader(artifact: Artifact) -> Any:
+    """The artifact's own tokenizer; an adapter saved without one uses its base's."""
+    base = artifact.path
+    if artifact.manifest.format == "adapter" and not (base / "tokenizer_config.json").exists():
+        from llmpress.sources import resolve
+
+        base = resolve(artifact.manifest.parent or "").path
+    return load_tokenizer(base)

@@ -11,7 +11,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
-from llmpress.errors import ConfigError
+from llmpress.methods import MethodTable
 from llmpress.tune.config import AdapterConfig, FullConfig, LoraConfig, PromptConfig, TrainConfig
 
 
@@ -28,7 +28,7 @@ class Method:
         return importlib.import_module(self.module).prepare(model, cfg, tokenizer_path)
 
 
-METHODS: dict[str, Method] = {
+METHODS: MethodTable[Method] = MethodTable("tuning method", {
     "full": Method("full", FullConfig, "llmpress.tune.full", False, False,
                    "every parameter trains; gradient checkpointing optional; bf16 autocast where the CPU has it"),
     "lora": Method("lora", LoraConfig, "llmpress.tune.lora", True, True,
@@ -37,13 +37,11 @@ METHODS: dict[str, Method] = {
                      "N learned virtual tokens prepended to the input, optional init from a text"),
     "adapter": Method("adapter", AdapterConfig, "llmpress.tune.bottleneck", True, True,
                       "bottleneck on each FFN output (hidden/16), via PEFT (see bottleneck.py for why)"),
-}
+}, param="method")
 
 
 def get_method(name: str) -> Method:
-    if name not in METHODS:
-        raise ConfigError(f"unknown tuning method {name!r}", f"use one of: {', '.join(METHODS)}")
-    return METHODS[name]
+    return METHODS.get_method(name)
 
 
 __all__ = ["METHODS", "Method", "get_method", "TrainConfig", "FullConfig", "LoraConfig", "PromptConfig",

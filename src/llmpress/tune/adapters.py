@@ -11,7 +11,7 @@ import hashlib
 from typing import Any
 
 from llmpress.artifact import Artifact, Step, create_artifact, register_loader
-from llmpress.errors import ConfigError, LlmpressError, NotFoundError
+from llmpress.errors import ConfigError, NotFoundError
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 
@@ -64,7 +64,7 @@ def parent_of(adapter: Artifact) -> Artifact:
             continue
         try:
             base = resolve(spec)
-        except LlmpressError:
+        except NotFoundError:  # not at this place: try the next; a damaged base (IntegrityError, ...) is reported
             continue
         try:
             check_base(adapter, base)

@@ -18,6 +18,7 @@ from typing import Any
 from llmpress.artifact import Artifact, Step, create_artifact, home
 from llmpress.data.finetune import FinetuneData, classification_prompt_ids, load_finetune_data
 from llmpress.errors import ConfigError
+from llmpress.modelstats import count_parameters
 from llmpress.tune import get_method
 from llmpress.tune.config import TrainConfig, config_from_dict
 
@@ -39,22 +40,6 @@ def run_key(base: Artifact, method: str, method_params: dict[str, Any], train: T
         data_id = f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}"
     blob = json.dumps([base.id, method, method_params, asdict(train), data_id], sort_keys=True, default=str)
     return f"{method}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
-
-
-def count_parameters(model: Any) -> tuple[int, int]:
-    """(trainable, total) parameters; PEFT's count handles tied and wrapped weights."""
-    if hasattr(model, "get_nb_trainable_parameters"):
-        t, n = model.get_nb_trainable_parameters()
-        return int(t), int(n)
-    seen: set[int] = set()
-    t = n = 0
-    for p in model.parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        n += p.numel()
-        t += p.numel() if p.requires_grad else 0
-    return t, n
 
 
 def classification_accuracy(model: Any, tokenizer: Any, data: FinetuneData, seq_len: int) -> float | None:
@@ -110,7 +95,8 @@ def tune_artifact(base: Artifact, method: str, data: str, method_params: dict[st
     model = load_trainable_base(base)
     acc_before = classification_accuracy(model, tokenizer, ft, train.seq_len)
     model = m.prepare(model, cfg, str(base.path))
-    trainable, total = count_parameters(model)
+    counts = count_parameters(model, nonzero=False)
+    trainable, total = counts["trainable_params"], counts["params"]
     run_dir = runs_dir() / run_key(base, method, params, train, data)
     result = run_training(model, tokenizer, ft, train, lr, run_dir, resume=resume, progress=progress,
                           extra_callbacks=extra_callbacks)

@@ -15,9 +15,10 @@ from typing import Any
 
 from llmpress.artifact import Artifact, Step, create_artifact
 from llmpress.compress.distill.loss import TASKS, distillation_loss
-from llmpress.compress.distill.student import from_config, layer_subset, param_count, same_tokenizer
+from llmpress.compress.distill.student import from_config, layer_subset, same_tokenizer
 from llmpress.compress.distill.trainer import DistillationTrainer, DistillationTrainingArguments, train
 from llmpress.errors import ConfigError, DataError
+from llmpress.modelstats import count_parameters
 
 __all__ = ["DistillConfig", "distill", "distillation_loss", "DistillationTrainer", "DistillationTrainingArguments",
            "layer_subset", "from_config", "train", "lm_dataset", "labeled_dataset", "model_task", "check_tokenizers"]
@@ -69,7 +70,7 @@ def check_tokenizers(teacher_tok: Any, student_tok: Any, teacher_name: str, stud
 
 def lm_dataset(tokenizer: Any, texts: list[str], seq_len: int, max_windows: int | None = None) -> list[dict[str, Any]]:
     """Fixed causal-LM windows (labels = inputs; the loss shifts them) from a list of texts."""
-    from llmpress.compress.prune.calibration import calibration_windows
+    from llmpress.data.windows import calibration_windows
 
     if not texts:
         raise DataError("the distillation corpus is empty", "pass --data with some text (e.g. builtin:pydoc)")
@@ -182,7 +183,7 @@ def distill(teacher: Artifact, config: DistillConfig, student: Artifact | None =
         dataset = lm_dataset(t_tok, corpus.train, config.seq_len, config.steps * config.batch_size)
     if not dataset:
         raise DataError("the distillation data is empty", "pass a corpus or labeled set with some examples")
-    t_params, s_params = param_count(t_model), param_count(s_model)
+    t_params, s_params = (count_parameters(m, nonzero=False)["params"] for m in (t_model, s_model))
     by_epochs = config.epochs is not None
     stats = train(s_model, dataset, task=task, pad_id=pad_id, teacher=t_model, alpha=config.alpha,
                   temperature=config.temperature, max_steps=-1 if by_epochs else config.steps,

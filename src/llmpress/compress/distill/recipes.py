@@ -1,13 +1,11 @@
-"""Recipe step for `llmpress optimize`: `distill:ARG`, ARG a comma list of `layers-N` or
-`layers-50%` (student = N / that share of the teacher's layers, spread evenly), `steps-N`,
+"""The argument of the `distill:ARG` recipe step (registered by `llmpress.plan.steps`), a comma
+list of `layers-N` or `layers-50%` (student = N / that share of the teacher's layers, spread evenly), `steps-N`,
 `alpha-0.5`, `T-2`; e.g. `distill:layers-50%,steps-100`. The input artifact is the teacher."""
 
 from __future__ import annotations
 
-from llmpress.artifact import Artifact
-from llmpress.compress.distill import DistillConfig, distill
+from llmpress.compress.distill import DistillConfig
 from llmpress.errors import ConfigError
-from llmpress.plan.recipes import RecipeContext, register_recipe
 
 
 def parse_distill_arg(arg: str | None, teacher_layers: int) -> DistillConfig:
@@ -31,14 +29,3 @@ def parse_distill_arg(arg: str | None, teacher_layers: int) -> DistillConfig:
         except ValueError as e:
             raise ConfigError(f"distill recipe option {tok!r} has a bad number", "e.g. distill:layers-50%,steps-100") from e
     return cfg.validate()
-
-
-@register_recipe("distill", "distil into a layer subset of the input model (causal LM, corpus of the run)",
-                 "layers-N|P%, steps-N, alpha-A, T-T")
-def distill_step(art: Artifact, arg: str | None, ctx: RecipeContext) -> Artifact:
-    from llmpress.sources.hf import read_config
-
-    n = int(read_config(art.path).get("num_hidden_layers", 2))
-    cfg = parse_distill_arg(arg, n)
-    cfg.data = ctx.data
-    return distill(art, cfg, progress=ctx.progress)

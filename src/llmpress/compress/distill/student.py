@@ -6,8 +6,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from llmpress.compress.prune.calibration import decoder_layers
-from llmpress.compress.prune.layers import keep_layers
+from llmpress.compress.decoder import decoder_layers, keep_layers
 from llmpress.errors import ConfigError
 
 
@@ -43,17 +42,6 @@ def from_config(teacher: Any, **overrides: Any) -> Any:
         cfg.head_dim = cfg.hidden_size // cfg.num_attention_heads
     torch.manual_seed(0)
     return type(teacher)(cfg).to(next(teacher.parameters()).dtype).eval()
-
-
-def param_count(model: Any) -> int:
-    """Parameters with tied tensors counted once."""
-    seen: set[int] = set()
-    n = 0
-    for p in model.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            n += p.numel()
-    return n
 
 
 def same_tokenizer(a: Any, b: Any) -> bool:

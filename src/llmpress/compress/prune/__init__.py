@@ -18,6 +18,7 @@ from typing import Any
 from llmpress.artifact import Artifact, Step, create_artifact
 from llmpress.compress.prune.config import METHOD_NAMES, PruneConfig, parse_amount
 from llmpress.errors import ConfigError, SourceError
+from llmpress.methods import MethodTable
 
 __all__ = ["PruneConfig", "prune", "METHODS", "parse_amount", "RECIPES"]
 
@@ -55,14 +56,14 @@ def _layers(model: Any, cfg: PruneConfig, batches: Any, progress: Any) -> tuple[
     return layers.run(model, int(cfg.layers or 0), batches, progress)
 
 
-METHODS: dict[str, Method] = {
+METHODS: MethodTable[Method] = MethodTable("prune method", {
     "unstructured": Method("unstructured", "L1-magnitude weight pruning (zeros stored; no size/speed gain)", False,
                            _unstructured),
     "structured": Method("structured", "remove attention heads and MLP neurons by calibration importance", True,
                          _structured),
     "2:4": Method("2:4", "2-of-4 semi-structured masks (GPU sparse kernels only)", False, _nm),
     "layers": Method("layers", "drop whole decoder layers by block influence", True, _layers),
-}
+}, param="method")
 assert tuple(METHODS) == METHOD_NAMES
 
 # Recipe names for `llmpress optimize` -> the config they stand for.
@@ -96,7 +97,7 @@ def prune(artifact: Artifact, config: PruneConfig, progress: Any = None) -> Arti
     if artifact.manifest.loader != "hf" or artifact.manifest.format != "hf":
         raise SourceError(f"artifact {artifact.name} is {artifact.manifest.format}/{artifact.manifest.loader}, "
                           "not a plain Hugging Face model", "prune the float model, then quantize the result")
-    method = METHODS[config.method]
+    method = METHODS.get_method(config.method)
     model = artifact.load_model()
     tok = artifact.load_tokenizer()
     decoder_layers(model)  # unsupported architectures fail here, before any work

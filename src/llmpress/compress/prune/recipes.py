@@ -1,13 +1,11 @@
-"""Recipe steps for `llmpress optimize`: `prune:ARG` with ARG a comma list of
+"""The argument of the `prune:ARG` recipe step (registered by `llmpress.plan.steps`), a comma list of
 `heads-25%`, `mlp-25%`, `structured-25%` (= heads and mlp), `layers-4`, `unstructured-50%`,
 `global`, `2of4` and `recover-N` (recovery distillation steps), e.g. `prune:heads-25%,mlp-25%,recover-50`."""
 
 from __future__ import annotations
 
-from llmpress.artifact import Artifact
-from llmpress.compress.prune import PruneConfig, prune
+from llmpress.compress.prune import PruneConfig
 from llmpress.errors import ConfigError
-from llmpress.plan.recipes import RecipeContext, register_recipe
 
 
 def parse_prune_arg(arg: str | None) -> PruneConfig:
@@ -45,13 +43,3 @@ def parse_prune_arg(arg: str | None) -> PruneConfig:
     if not cfg.method:
         raise ConfigError(f"prune recipe {arg!r} names no method", "add heads-/mlp-/layers-/unstructured- or 2of4")
     return cfg.validate()
-
-
-@register_recipe("prune", "prune: heads / MLP neurons removed, layers dropped, or sparsity masks",
-                 "heads-25%, mlp-25%, structured-25%, layers-4, unstructured-50%[,global], 2of4, recover-N")
-def prune_step(art: Artifact, arg: str | None, ctx: RecipeContext) -> Artifact:
-    cfg = parse_prune_arg(arg)
-    cfg.data = ctx.data
-    cfg.calibration_samples = ctx.calibration_samples
-    cfg.seq_len = ctx.calibration_seq_len
-    return prune(art, cfg, progress=ctx.progress)

@@ -31,7 +31,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmpress.compress.prune.calibration import decoder_layers
+from llmpress.compress.decoder import decoder_layers
 from llmpress.errors import ConfigError
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmpress.compress.prune.calibration import decoder_layers
+from llmpress.compress.decoder import decoder_layers
 
 
 def prunable_linears(model: Any) -> list[tuple[str, Any]]:
@@ -28,7 +28,7 @@ def prunable_linears(model: Any) -> list[tuple[str, Any]]:
 
 def count_params(model: Any) -> dict[str, int]:
     """Total and nonzero parameters, the honest sparsity numbers (the evaluation's own count)."""
-    from llmpress.evaluate.size import count_parameters
+    from llmpress.modelstats import count_parameters
 
     c = count_parameters(model)
     return {"params_total": c["params"], "params_nonzero": c["nonzero_params"]}

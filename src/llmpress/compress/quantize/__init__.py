@@ -6,8 +6,6 @@ that reloads already quantized through the `quantized` loader registered in `sto
 
 from __future__ import annotations
 
-import importlib
-
 from llmpress.compress.quantize.base import (
     SCHEMES,
     QuantConfig,
@@ -25,14 +23,5 @@ __all__ = ["SCHEMES", "QuantConfig", "Scheme", "get_scheme", "make_config", "qua
            "scheme_names",
            "Quantized", "build_quantized", "save_quantized_artifact"]
 
-_MODULES = ("half", "int8_dynamic", "int8_weight_only", "int4_weight_only", "int8_static", "qat")
-
-
-def _load_all() -> None:
-    for m in _MODULES:
-        importlib.import_module(f"llmpress.compress.quantize.{m}")
-
-
 def scheme_names() -> list[str]:
-    _load_all()
-    return list(SCHEMES)
+    return SCHEMES.names()

@@ -14,8 +14,13 @@ from typing import Any
 
 from llmpress.artifact import Artifact, Step, create_artifact
 from llmpress.errors import ConfigError
+from llmpress.methods import MethodTable
 
-SCHEMES: dict[str, Scheme] = {}
+# name -> Scheme; each scheme module registers itself, and is imported on the first lookup.
+SCHEMES: MethodTable[Scheme] = MethodTable(
+    "quantization scheme", param="scheme",
+    modules=[f"llmpress.compress.quantize.{m}" for m in ("half", "int8_dynamic", "int8_weight_only",
+                                                         "int4_weight_only", "int8_static", "qat")])
 
 
 @dataclass
@@ -47,18 +52,11 @@ class Scheme:
 
 
 def register_scheme(scheme: Scheme) -> Scheme:
-    SCHEMES[scheme.name] = scheme
-    return scheme
+    return SCHEMES.register(scheme.name, scheme)
 
 
 def get_scheme(name: str) -> Scheme:
-    from llmpress.compress.quantize import _load_all
-
-    _load_all()
-    if name not in SCHEMES:
-        raise ConfigError(f"unknown quantization scheme {name!r}", f"use one of: {', '.join(SCHEMES)}",
-                          param="scheme")
-    return SCHEMES[name]
+    return SCHEMES.get_method(name)
 
 
 def make_config(name: str, **overrides: Any) -> QuantConfig:
