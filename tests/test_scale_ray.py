@@ -112,7 +112,8 @@ def test_keys_limits_usage_and_metrics_through_the_gateway(cluster: Any) -> None
     text = ""
     while time.time() < deadline:
         text = httpx.get(url + "/metrics", timeout=10).text
-        if "llmpress_gateway_replicas_reporting 2.0" in text and len(served_by(text)) == 2:
+        if ("llmpress_gateway_replicas_reporting 2.0" in text and len(served_by(text)) == 2
+                and 'status="429"' in text):
             break
         time.sleep(1)
     assert "llmpress_gateway_replicas_reporting 2.0" in text

@@ -429,6 +429,9 @@ def build_gateway_app() -> Any:
                 retries.inc()
                 log.warning("replica failed before responding; retrying", extra={"attempt": attempt})
                 await asyncio.sleep(min(2.0, 0.2 * 2 ** (attempt - 1)))
+            except asyncio.CancelledError:  # the client went away: stop the work on the replica too
+                gen.cancel()
+                raise
             except TimeoutError:
                 gen.cancel()
                 status, payload = _error_body(504, f"no response from a replica within {cfg.chunk_timeout_s:.0f} s",
@@ -531,7 +534,7 @@ def deploy(cfg: RayServeConfig) -> tuple[Any, Any]:
                           "bind to 127.0.0.1 or drop --no-auth", param="host")
     resolve(cfg.model)  # a bad model spec fails here, in one line, before any replica starts
     start_ray(cfg)
-    serve.start(http_options={"host": cfg.host, "port": cfg.port}, detached=False)
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
     board = MetricsBoard.remote()
     handle = serve.run(build_application(cfg, board), name=APP_NAME, route_prefix="/", blocking=False)
     return handle, board
