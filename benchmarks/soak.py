@@ -213,7 +213,7 @@ def main() -> None:
     a = ap.parse_args()
     if a.quick:
         a.minutes, a.fault_seconds, a.model = 40 / 60, 15.0, a.model or "builtin:tiny-llama"
-    from llmpress.hardware import machine_info
+    from llmpress.hardware import benchmark_record
 
     home = Path(tempfile.mkdtemp(prefix="llmpress-soak-"))
     shared_models = Path(os.environ.get("LLMPRESS_HOME", Path.home() / ".llmpress")) / "models"
@@ -227,7 +227,8 @@ def main() -> None:
         made = json.loads(cli("quantize", "builtin:smollm2-135m", "--scheme", "int8-weight-only", "--no-eval",
                               "--json", env=env))
         model = made["id"]
-    key = json.loads(cli("keys", "create", "soak", "--json", env=env))
+    # a (large) token budget, so every request takes the reservation path
+    key = json.loads(cli("keys", "create", "soak", "--budget", "1000000000", "--json", env=env))
     served_name = None
     log = home / "server.log"
     port = free_port()
@@ -324,14 +325,15 @@ def main() -> None:
         "integrity_check": after_kill["integrity_check"],
         "usage_rows_cover_completed": rows_200 >= answered + completed2[0],
         "key_works_after_restart": r.status_code == 200,
-        "tokens_reserved_after_kill": after_kill["tokens_reserved"],
+        "tokens_reserved_after_kill": after_kill["tokens_reserved"],  # held by requests the kill cut off
+        "reservation_ttl_note": "released by the next server start once older than request timeout + 60 s",
         "tokens_reserved_after_restart": restarted["tokens_reserved"],
         "tokens_used_equals_usage_rows_after_restart": restarted["tokens_used"] == settled_after,
         "client_errors_at_kill": sum(1 for x in stats2.rows if x["outcome"] == "error"),
     }
     print(json.dumps(fault, indent=1), flush=True)
 
-    result = {"machine": machine_info(), "model": model, "served_name": served_name, "clients": a.clients,
+    result = {**benchmark_record(sys.argv), "model": model, "served_name": served_name, "clients": a.clients,
               "minutes": a.minutes, "quick": a.quick, "soak": soak, "fault": fault}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -343,12 +345,13 @@ def main() -> None:
 
 
 def write_markdown(path: Path, r: dict[str, Any]) -> None:
+    from llmpress.hardware import machine_summary
+
     s, f, m = r["soak"], r["fault"], r["machine"]
     lines = [
         f"# Soak and fault run: {r['clients']} clients, {r['minutes']:g} min, {r['served_name']}",
         "",
-        f"Machine: {m['cpu_model']}, flags {' '.join(m['flags'])}, {m['threads']} threads, torch {m['torch']}, "
-        f"commit {m['git_commit']}. Produced by `benchmarks/soak.py{' --quick' if r['quick'] else ''}`.",
+        f"{machine_summary(m)}. Produced by `{r['command']}`.",
         "",
         "| sent | answered | refused (429/503) | refused without Retry-After | failed | hung up by client |",
         "|---|---|---|---|---|---|",

@@ -121,8 +121,27 @@ def register(app: typer.Typer) -> None:
         cache_mb: float = typer.Option(64.0, help="response cache: max MiB"),
         cache_ttl: float = typer.Option(600.0, help="response cache: seconds an entry lives"),
         cache_shared: bool = typer.Option(False, help="response cache: share entries across API keys"),
+        replicas: int = typer.Option(0, help="run N replicas on Ray Serve (llmpress[ray]); 0: one process"),
+        ray_address: str = typer.Option("", help="an existing Ray cluster (default: a local one on 127.0.0.1)"),
+        min_replicas: int = typer.Option(-1, help="autoscale on ongoing requests between --min-replicas ..."),
+        max_replicas: int = typer.Option(-1, help="... and --max-replicas"),
+        target_ongoing_requests: float = typer.Option(16.0, help="autoscaling target per replica"),
+        backend: str = typer.Option("llmpress", help="llmpress (this engine) or vllm (GPU machines)"),
+        tensor_parallel: int = typer.Option(1, help="vLLM: GPUs per model shard (tensor parallel)"),
+        pipeline_parallel: int = typer.Option(1, help="vLLM: pipeline stages"),
     ) -> None:
         """Serve MODEL over HTTP: /v1/completions, /v1/chat/completions, /v1/models, /generate, /metrics."""
+        if backend != "llmpress" or replicas or ray_address or min_replicas >= 0 or max_replicas >= 0:
+            from llmpress.cli.scale import serve_scaled
+
+            serve_scaled(model=model, host=host, port=port, backend=backend, replicas=replicas,
+                         ray_address=ray_address, min_replicas=min_replicas, max_replicas=max_replicas,
+                         target_ongoing_requests=target_ongoing_requests, tensor_parallel=tensor_parallel,
+                         pipeline_parallel=pipeline_parallel, threads=threads, no_auth=no_auth,
+                         engine={"max_batch": max_batch, "max_tokens_per_step": max_tokens_per_step,
+                                 "max_waiting": max_waiting, "kv_cache_mb": kv_cache_mb, "block_size": block_size,
+                                 "enable_prefix_caching": prefix_caching})
+            return
 
         def body() -> None:
             import logging

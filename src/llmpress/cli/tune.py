@@ -26,6 +26,8 @@ Task = Annotated[str, typer.Option(help="auto | instruction | classification | c
 Name = Annotated[str | None, typer.Option(help="name of the new artifact")]
 Resume = Annotated[bool, typer.Option("--resume", help="continue from the checkpoint an interrupted run saved")]
 Json = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+Processes = Annotated[int, typer.Option("--processes", help="data-parallel ranks on this machine (gloo); "
+                                        "--batch-size stays the global batch")]
 
 
 def _train(epochs: float, max_steps: int, lr: float | None, batch_size: int, grad_accum: int, seq_len: int,
@@ -57,18 +59,33 @@ def _show(art: Any, as_json: bool) -> None:
 
 
 def _tune(method: str, model: str, data: str, train: Any, method_opts: dict[str, Any], name: str | None,
-          resume: bool, as_json: bool) -> None:
-    def body() -> None:
+          resume: bool, as_json: bool, processes: int = 1) -> None:
+    def body() -> int:
+        import contextlib
+        import sys
+
+        from llmpress.scale import launch
         from llmpress.sources import resolve
         from llmpress.tune.run import parse_method_options, tune_artifact
 
         params = parse_method_options(method, method_opts)
+        if processes > 1 and not launch.in_child():  # re-run as N ranks; the children do the work
+            launch.per_process_batch(train.batch_size, processes)
+            resolve(model)
+            return launch.launch(sys.argv[1:], processes)
+        if launch.world_size() > 1:
+            train.batch_size = launch.per_process_batch(train.batch_size, launch.world_size())
+            launch.init_process_group()
         base = resolve(model)
-        with progress() as p:
+        with progress() if launch.is_main() else contextlib.nullcontext() as p:
             art = tune_artifact(base, method, data, params, train, name=name, resume=resume, progress=p)
-        _show(art, as_json)
+        if art is not None:  # only rank 0 of a data-parallel run has one
+            _show(art, as_json)
+        return 0
 
-    run_guarded(body)
+    rc = run_guarded(body)
+    if rc:
+        raise typer.Exit(rc)
 
 
 @tune_app.command("full")
@@ -77,10 +94,10 @@ def full(model: Model, data: Data, epochs: Epochs = 1.0, max_steps: MaxSteps = -
          task: Task = "auto",
          gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing",
                                                               help="recompute activations: less memory, slower")] = False,
-         name: Name = None, resume: Resume = False, as_json: Json = False) -> None:
+         name: Name = None, resume: Resume = False, as_json: Json = False, processes: Processes = 1) -> None:
     """Train every parameter; writes a standalone model artifact."""
     _tune("full", model, data, _train(epochs, max_steps, lr, batch_size, grad_accum, seq_len, seed, bf16, task,
-                                      gradient_checkpointing), {}, name, resume, as_json)
+                                      gradient_checkpointing), {}, name, resume, as_json, processes)
 
 
 @tune_app.command("lora")
@@ -91,11 +108,11 @@ def lora(model: Model, data: Data, epochs: Epochs = 1.0, max_steps: MaxSteps = -
          dropout: Annotated[float, typer.Option()] = 0.05,
          target_modules: Annotated[str | None, typer.Option(help="comma-separated module names "
                                                             "(default: per architecture)")] = None,
-         name: Name = None, resume: Resume = False, as_json: Json = False) -> None:
+         name: Name = None, resume: Resume = False, as_json: Json = False, processes: Processes = 1) -> None:
     """LoRA adapter (PEFT); writes an adapter artifact on the base."""
     targets = [t.strip() for t in target_modules.split(",") if t.strip()] if target_modules else None
     _tune("lora", model, data, _train(epochs, max_steps, lr, batch_size, grad_accum, seq_len, seed, bf16, task),
-          {"r": r, "alpha": alpha, "dropout": dropout, "target_modules": targets}, name, resume, as_json)
+          {"r": r, "alpha": alpha, "dropout": dropout, "target_modules": targets}, name, resume, as_json, processes)
 
 
 @tune_app.command("prompt")
@@ -104,10 +121,10 @@ def prompt(model: Model, data: Data, epochs: Epochs = 1.0, max_steps: MaxSteps =
            task: Task = "auto",
            virtual_tokens: Annotated[int, typer.Option("--virtual-tokens", help="learned prompt length")] = 20,
            init_text: Annotated[str | None, typer.Option("--init-text", help="initialise from this text")] = None,
-           name: Name = None, resume: Resume = False, as_json: Json = False) -> None:
+           name: Name = None, resume: Resume = False, as_json: Json = False, processes: Processes = 1) -> None:
     """Prompt tuning (PEFT); writes an adapter artifact on the base."""
     _tune("prompt", model, data, _train(epochs, max_steps, lr, batch_size, grad_accum, seq_len, seed, bf16, task),
-          {"num_virtual_tokens": virtual_tokens, "init_text": init_text}, name, resume, as_json)
+          {"num_virtual_tokens": virtual_tokens, "init_text": init_text}, name, resume, as_json, processes)
 
 
 @tune_app.command("adapter")
@@ -116,10 +133,10 @@ def adapter(model: Model, data: Data, epochs: Epochs = 1.0, max_steps: MaxSteps 
             bf16: Bf16 = "auto", task: Task = "auto",
             reduction_factor: Annotated[int, typer.Option("--reduction-factor",
                                                           help="bottleneck = hidden / this")] = 16,
-            name: Name = None, resume: Resume = False, as_json: Json = False) -> None:
+            name: Name = None, resume: Resume = False, as_json: Json = False, processes: Processes = 1) -> None:
     """Bottleneck adapter on each FFN output; writes an adapter artifact on the base."""
     _tune("adapter", model, data, _train(epochs, max_steps, lr, batch_size, grad_accum, seq_len, seed, bf16, task),
-          {"reduction_factor": reduction_factor}, name, resume, as_json)
+          {"reduction_factor": reduction_factor}, name, resume, as_json, processes)
 
 
 @tune_app.command("recipe")

@@ -43,7 +43,9 @@ def create_app(engine: LLMEngine, config: ServerConfig,
     keys = KeyStore() if config.auth else None
     metrics = Metrics(engine)
     driver = EngineDriver(engine, engine_loop)
-    ctx = ServerContext(engine, driver, config, metrics, keys, Accounting(keys, metrics, config.model_name))
+    # a reservation outlives its request only if the server died; it expires a minute after the longest request
+    ttl = (config.request_timeout or 3600.0) + 60.0
+    ctx = ServerContext(engine, driver, config, metrics, keys, Accounting(keys, metrics, config.model_name, ttl))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -76,8 +76,8 @@ def load_trainable_base(base: Artifact) -> Any:
 
 def tune_artifact(base: Artifact, method: str, data: str, method_params: dict[str, Any] | None = None,
                   train: TrainConfig | None = None, name: str | None = None, resume: bool = False,
-                  progress: Any = None, extra_callbacks: list[Any] | None = None) -> Artifact:
-    """Fine-tune `base` with `method` on `data`; returns the registered new artifact."""
+                  progress: Any = None, extra_callbacks: list[Any] | None = None) -> Artifact | None:
+    """Fine-tune `base` with `method` on `data`; returns the registered new artifact (None on ranks > 0)."""
     import torch
 
     from llmpress.tune.trainer import plot_curves, run_training
@@ -116,6 +116,12 @@ def tune_artifact(base: Artifact, method: str, data: str, method_params: dict[st
     }
     if acc_before is not None:
         metrics.update(accuracy_before=acc_before, accuracy_after=acc_after)
+    from llmpress.tune.trainer import is_main_process, world_size
+
+    if world_size() > 1:
+        metrics.update(processes=world_size(), global_batch=train.batch_size * train.grad_accum * world_size())
+        if not is_main_process():  # data-parallel: every rank holds the same weights; rank 0 writes the one artifact
+            return None
     step = Step("tune", {"method": method, **params, "lr": lr, "data": data,
                          "train": {k: v for k, v in asdict(train).items() if k != "lr"}})
     from llmpress.tune.adapters import base_fingerprint

@@ -8,6 +8,7 @@ alone (so steps/s excludes evaluation), and a background sampler of peak RSS.
 from __future__ import annotations
 
 import math
+import os
 import resource
 import signal
 import threading
@@ -26,6 +27,16 @@ class TrainingInterrupted(LlmpressError):
     """Ctrl-C during training: a checkpoint was saved and `--resume` continues from it."""
 
     exit_code = 130
+
+
+def world_size() -> int:
+    """Ranks of a data-parallel run (`torch.distributed.run` sets WORLD_SIZE; `llmpress.scale.launch` starts it)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """Rank 0 (or a plain process): the one that writes artifacts and registry rows."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def use_bf16(cfg: TrainConfig) -> bool:
@@ -206,6 +217,7 @@ def run_training(model: Any, tokenizer: Any, data: FinetuneData, cfg: TrainConfi
         logging_steps=1, eval_strategy="steps", eval_steps=eval_every, save_strategy="no",
         report_to="none", disable_tqdm=True, seed=cfg.seed, data_seed=cfg.seed, remove_unused_columns=False,
         dataloader_num_workers=0, label_names=["labels"],
+        ddp_backend="gloo" if world_size() > 1 else None,  # data-parallel ranks (llmpress.scale.launch) on CPU
     )
     if cfg.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()  # PEFT + checkpointing needs grads flowing from the inputs

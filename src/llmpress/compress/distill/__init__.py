@@ -124,8 +124,9 @@ def labeled_dataset(tokenizer: Any, spec: str, model_config: Any, multi: bool, s
 
 
 def distill(teacher: Artifact, config: DistillConfig, student: Artifact | None = None,
-            dataset: list[dict[str, Any]] | None = None, progress: Any = None) -> Artifact:
-    """Distil `teacher` into a student and write it as a new artifact whose parent is the teacher.
+            dataset: list[dict[str, Any]] | None = None, progress: Any = None) -> Artifact | None:
+    """Distil `teacher` into a student and write it as a new artifact whose parent is the teacher
+    (None on data-parallel ranks other than 0).
 
     Without `dataset`, a causal-LM corpus is read from `config.data`. Checks (tokenizers,
     data, amounts) all happen before the first training step; on error nothing is written.
@@ -188,6 +189,12 @@ def distill(teacher: Artifact, config: DistillConfig, student: Artifact | None =
                   temperature=config.temperature, max_steps=-1 if by_epochs else config.steps,
                   epochs=config.epochs if by_epochs else 1.0, batch_size=config.batch_size,
                   lr=config.lr, seed=config.seed, progress=progress, description=f"distill ({task})")
+    from llmpress.tune.trainer import is_main_process, world_size
+
+    if world_size() > 1:
+        stats.update(processes=world_size(), global_batch=config.batch_size)
+        if not is_main_process():  # data-parallel: rank 0 writes the one artifact
+            return None
     params = {k: v for k, v in asdict(config).items()}
     params.update(origin, task=task, examples=len(dataset))
     name = config.name or f"{teacher.name}-distilled-{s_params / 1e6:.0f}M"

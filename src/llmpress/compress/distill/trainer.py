@@ -138,6 +138,7 @@ def train(model: Any, dataset: Any, *, task: str, pad_id: int, teacher: Any = No
     """Train `model` in place on `dataset` (a list of dicts) with the distillation loss; returns stats.
     `bf16` None means autocast where the CPU has AMX bf16, False / True force it off / on."""
     from llmpress.hardware import cpu_has_bf16
+    from llmpress.tune.trainer import world_size
 
     if task not in TASKS:
         raise ConfigError(f"unknown task {task!r}", f"use one of {', '.join(TASKS)}")
@@ -149,7 +150,9 @@ def train(model: Any, dataset: Any, *, task: str, pad_id: int, teacher: Any = No
         callbacks.append(EpochHook(on_epoch_end))
     with tempfile.TemporaryDirectory(prefix="llmpress-distill-") as tmp:
         args = DistillationTrainingArguments(
-            output_dir=tmp, per_device_train_batch_size=batch_size, num_train_epochs=epochs, max_steps=max_steps,
+            # data-parallel ranks (llmpress.scale.launch) each take their share of the global batch
+            output_dir=tmp, per_device_train_batch_size=max(1, batch_size // world_size()),
+            ddp_backend="gloo" if world_size() > 1 else None, ddp_find_unused_parameters=False, num_train_epochs=epochs, max_steps=max_steps,
             learning_rate=lr, weight_decay=weight_decay, lr_scheduler_type="linear", warmup_steps=0,
             logging_steps=5, save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True,
             remove_unused_columns=False, dataloader_num_workers=0, seed=seed, alpha=alpha,
