@@ -217,8 +217,9 @@ def test_vault_redaction_and_master_key_mode(tmp_path, monkeypatch, fresh_regist
     create_master_key()
     assert (keyfile.stat().st_mode & 0o777) == 0o600
     keyfile.chmod(0o644)
-    with pytest.raises(ConfigError, match="chmod 600"):
+    with pytest.raises(ConfigError, match="readable by group or others") as e:
         load_master_key()
+    assert "chmod 600" in e.value.one_line()
     keyfile.chmod(0o600)
     Fernet(load_master_key())
     secret = "sk-proj-SuperSecretProviderKey000111"
