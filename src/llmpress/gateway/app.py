@@ -251,15 +251,18 @@ class Gateway:
                 log.warning("sensitive request refused", extra={"request_id": rid, "error": ",".join(sensitive)})
             raise e
         stream = bool(body.get("stream"))
+        n = body.get("n") if isinstance(body.get("n"), int) and body.get("n", 1) > 1 else 1
+        choices = n * (len(body["prompt"]) if isinstance(body.get("prompt"), list)
+                       and body["prompt"] and isinstance(body["prompt"][0], str | list) else 1)
         call = Call(rid, route.alias, key, stream, t0, prompt_est, detail={"sensitive": sensitive} if sensitive else {})
         if key is not None:
             worst_out = {t.name: max_tokens if max_tokens is not None else max(t.config.context - prompt_est, 1)
                          for t in p.targets}
-            need_nusd = max(worst_case_nusd(t.config, prompt_est, worst_out[t.name]) for t in p.targets)
+            need_nusd = max(worst_case_nusd(t.config, prompt_est, choices * worst_out[t.name]) for t in p.targets)
             budget = await asyncio.to_thread(self.ledger.budget, key.id)
             call.reserved_nusd = self.reservations.admit(key.id, budget.budget_nusd, budget.spent_nusd, need_nusd)
             try:
-                call.limiter_entry = self.limiter.admit(key, prompt_est + max(worst_out.values()))
+                call.limiter_entry = self.limiter.admit(key, prompt_est + choices * max(worst_out.values()))
             except RateLimitError:
                 self.reservations.release(key.id, call.reserved_nusd)
                 raise
