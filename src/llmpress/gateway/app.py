@@ -359,7 +359,9 @@ class Gateway:
             msg = _upstream_message(raw) or resp.reason_phrase
             raise _Failure(cfg.name, kind, f"{cfg.name}: HTTP {status}: {msg}", status, raw)
         call.target, call.model = cfg.name, model
-        headers = {"x-llmpress-target": cfg.name, "x-llmpress-route": call.route, "x-request-id": call.request_id}
+        headers = {"x-llmpress-target": cfg.name, "x-llmpress-route": call.route, "x-request-id": call.request_id,
+                   # the gateway's own time from arrival to the upstream send (what it adds to TTFT)
+                   "x-llmpress-overhead-ms": f"{(t_send - call.t0) * 1000:.3f}"}
         if call.stream:
             return StreamingResponse(self._relay(call, st, resp, t_send, body), media_type="text/event-stream",
                                      headers=headers)
