@@ -19,7 +19,6 @@ import asyncio
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -112,14 +111,14 @@ def summarize(rs: list[dict[str, Any]]) -> dict[str, Any]:
 def overhead_run(model: str, tmp: Path, levels: list[int], per_client: int, rounds: int, max_tokens: int) -> dict:
     up_port, gw_port = free_port(), free_port()
     up = serve(model, up_port, tmp / "up.log", "--max-batch", "64")
+    name = httpx.get(f"http://127.0.0.1:{up_port}/v1/models").json()["data"][0]["id"]
     cfg = tmp / "overhead.yaml"
     cfg.write_text(json.dumps({"targets": [{"name": "local", "url": f"http://127.0.0.1:{up_port}/v1",
-                                            "models": ["tiny-llama"], "local": True, "context": 2048}],
+                                            "models": [name], "local": True, "context": 2048}],
                                "routes": [{"alias": "m", "targets": ["local"]}]}))
     gw = launch(["gateway", "--config", str(cfg), "--port", str(gw_port), "--no-auth", "--log-level", "warning"],
                 "/health", gw_port, tmp / "gw.log")
     direct_url, gw_url = f"http://127.0.0.1:{up_port}", f"http://127.0.0.1:{gw_port}"
-    name = httpx.get(direct_url + "/v1/models").json()["data"][0]["id"]
     res: dict[str, Any] = {}
     try:
         asyncio.run(load(gw_url, "m", 2, 1, max_tokens))  # warm both paths
@@ -149,12 +148,13 @@ def hybrid_run(model: str, tmp: Path, concurrency: int, per_client: int, max_tok
     local = serve(model, lp, tmp / "local.log", "--max-batch", "4")
     cloud = serve(model, cp, tmp / "cloud.log", "--max-batch", "64")
     price = {"input_per_mtok": 0.15, "output_per_mtok": 0.60}
+    name = httpx.get(f"http://127.0.0.1:{lp}/v1/models").json()["data"][0]["id"]
     cfg = tmp / "hybrid.yaml"
     cfg.write_text(json.dumps({
         "metrics_interval_s": 0.1,
-        "targets": [{"name": "local", "url": f"http://127.0.0.1:{lp}/v1", "models": ["tiny-llama"], "local": True,
+        "targets": [{"name": "local", "url": f"http://127.0.0.1:{lp}/v1", "models": [name], "local": True,
                      "max_queue": 2, "context": 2048},
-                    {"name": "cloud", "url": f"http://127.0.0.1:{cp}/v1", "models": ["tiny-llama"], "price": price,
+                    {"name": "cloud", "url": f"http://127.0.0.1:{cp}/v1", "models": [name], "price": price,
                      "context": 2048}],
         "routes": [{"alias": "local-only", "targets": ["local"]},
                    {"alias": "hybrid", "targets": ["local", "cloud"], "policy": "local-first"}]}))
