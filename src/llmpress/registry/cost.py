@@ -73,8 +73,8 @@ def usd_to_nano(usd: float) -> int:
 
 
 def cost_nusd(tokens_in: int, tokens_out: int, input_per_mtok: float, output_per_mtok: float) -> int:
-    """tokens x USD-per-million-tokens, in nano-USD: tokens x price x 1000, exact for prices with <= 3 decimals
-    after rounding the price to 1e-6 USD/Mtok."""
+    """tokens x USD-per-million-tokens, in nano-USD (tokens x price x 1000). Exact for prices with up to 3
+    decimals ($0.125/Mtok); finer prices are rounded to the nano-USD once per request."""
     pin = round(input_per_mtok * 1_000_000)  # micro-USD per Mtok = pico-USD per token
     pout = round(output_per_mtok * 1_000_000)
     # pico-USD -> nano-USD: / 1000, rounded half up once per request
