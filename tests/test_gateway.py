@@ -169,7 +169,7 @@ def test_config_errors_name_the_line_and_field(tmp_path):
     assert f"{p}:5: targets[0].api_key" in e.value.message
     assert "sk-live" not in e.value.one_line()  # the inline key is never echoed
     p.write_text("targets:\n  - {name: a, url: 'http://x/v1', models: [m]}\nroutes:\n  - alias: c\n    targets: [a, b]\n")
-    with pytest.raises(ConfigError, match="unknown target"):
+    with pytest.raises(ConfigError, match=r":5: routes\[0\]\.targets\[1\]: unknown target .b."):
         load_config(p)
     p.write_text("targets:\n  - {name: a, url: 'http://x/v1', models: [m]}\nroutes:\n  - alias: c\n"
                  "    targets: [a]\n    policy: fastest-ever\n")

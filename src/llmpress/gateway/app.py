@@ -398,7 +398,7 @@ class Gateway:
         mid-stream becomes one SSE error event. Always settles, also when the client goes away."""
         cfg = st.config
         want_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        pieces: list[str] = []
+        pieces: list[bytes] = []
         buf = b""
         first = True
         usage: dict[str, Any] | None = None
@@ -415,22 +415,21 @@ class Gateway:
                 while b"\n\n" in buf:
                     event, buf = buf.split(b"\n\n", 1)
                     keep = True
-                    if event.startswith(b"data: {"):
+                    # hot path: byte checks only; JSON is parsed for the rare usage / error events, and the
+                    # text events are parsed after the stream, only when no usage chunk arrived
+                    if b'"usage"' in event and event.startswith(b"data: {"):
                         try:
                             obj = json.loads(event[6:])
                         except ValueError:
                             obj = None
-                        if isinstance(obj, dict):
-                            if isinstance(obj.get("usage"), dict):
-                                usage = obj["usage"]
-                                keep = want_usage or bool(obj.get("choices"))
-                            if "error" in obj:
-                                call.status = 502
-                                call.detail["upstream_error"] = True
-                            for ch in obj.get("choices") or []:
-                                piece = (ch.get("delta") or {}).get("content") if "delta" in ch else ch.get("text")
-                                if piece:
-                                    pieces.append(piece)
+                        if isinstance(obj, dict) and isinstance(obj.get("usage"), dict):
+                            usage = obj["usage"]
+                            keep = want_usage or bool(obj.get("choices"))
+                    elif event.startswith(b'data: {"error"'):
+                        call.status = 502
+                        call.detail["upstream_error"] = True
+                    if usage is None and event.startswith(b"data: {"):
+                        pieces.append(event)
                     if keep:
                         out += event + b"\n\n"
                 if out:
@@ -454,14 +453,12 @@ class Gateway:
         finally:
             st.inflight -= 1
             await resp.aclose()
+            events: list[bytes] | None = pieces
             if usage is not None and isinstance(usage.get("prompt_tokens"), int):
                 call.tokens_in, call.tokens_out = usage["prompt_tokens"], int(usage.get("completion_tokens") or 0)
-            else:
-                call.tokens_in = call.prompt_tokens_est
-                call.tokens_out = self.counters[cfg.name].count("".join(pieces))
-                call.usage_source = "estimated"
+                events = None
             # settle off the stream's task (it may be cancelled); keep a reference until done
-            task = asyncio.get_running_loop().create_task(self.settle(call))
+            task = asyncio.get_running_loop().create_task(self.settle(call, events))
             _PENDING.add(task)
             task.add_done_callback(_PENDING.discard)
 
@@ -495,12 +492,17 @@ class Gateway:
         resp.background = BackgroundTask(self.settle, call)
         return resp
 
-    async def settle(self, call: Call) -> None:
-        """Write the cost row (and charge the budget), then release the reservation; idempotent."""
+    async def settle(self, call: Call, stream_events: list[bytes] | None = None) -> None:
+        """Write the cost row (and charge the budget), then release the reservation; idempotent.
+        A stream without a usage chunk is counted from its events' text (the target's tokenizer or chars/4)."""
         if call.settled:
             return
         call.settled = True
         st = self.states.get(call.target or "")
+        if stream_events is not None and st is not None:
+            call.tokens_in = call.prompt_tokens_est
+            call.tokens_out = await asyncio.to_thread(self.counters[st.name].count, _events_text(stream_events))
+            call.usage_source = "estimated"
         price = st.config.price if st else None
         c = cost_nusd(call.tokens_in, call.tokens_out, price.input_per_mtok, price.output_per_mtok) if price else 0
         latency_ms = (time.perf_counter() - call.t0) * 1000
@@ -540,6 +542,21 @@ def _upstream_message(raw: bytes) -> str:
     except ValueError:
         pass
     return raw[:200].decode(errors="replace")
+
+
+def _events_text(events: list[bytes]) -> str:
+    """The generated text of streamed chat / completion chunks."""
+    out = []
+    for ev in events:
+        try:
+            obj = json.loads(ev[6:])
+        except ValueError:
+            continue
+        for ch in obj.get("choices") or [] if isinstance(obj, dict) else []:
+            piece = (ch.get("delta") or {}).get("content") if "delta" in ch else ch.get("text")
+            if piece:
+                out.append(piece)
+    return "".join(out)
 
 
 def _choices_text(data: Any) -> str:

@@ -19,6 +19,14 @@ from llmpress.errors import ConfigError, NotFoundError
 _REF = re.compile(r"^(env:[A-Za-z_][A-Za-z0-9_]*|file:.+|vault(:[A-Za-z0-9_.-]+)?)$")
 
 
+class _RefError(ValueError):
+    """A cross-reference error that knows where in the file it is (pydantic keeps it in the error's ctx)."""
+
+    def __init__(self, message: str, loc: tuple[Any, ...]) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -131,18 +139,17 @@ class GatewayConfig(_Model):
     @model_validator(mode="after")
     def _cross_refs(self) -> GatewayConfig:
         names = [t.name for t in self.targets]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ValueError(f"target names must be unique; repeated: {', '.join(dup)}")
+        for i, n in enumerate(names):
+            if n in names[:i]:
+                raise _RefError(f"target names must be unique; {n!r} is repeated", ("targets", i, "name"))
         aliases = [r.alias for r in self.routes]
-        dup = sorted({a for a in aliases if aliases.count(a) > 1})
-        if dup:
-            raise ValueError(f"route aliases must be unique; repeated: {', '.join(dup)}")
-        for r in self.routes:
-            unknown = [t for t in r.targets if t not in names]
-            if unknown:
-                raise ValueError(f"route {r.alias!r} names unknown target(s) {', '.join(unknown)}; "
-                                 f"known: {', '.join(names)}")
+        for i, a in enumerate(aliases):
+            if a in aliases[:i]:
+                raise _RefError(f"route aliases must be unique; {a!r} is repeated", ("routes", i, "alias"))
+        for i, r in enumerate(self.routes):
+            for j, t in enumerate(r.targets):
+                if t not in names:
+                    raise _RefError(f"unknown target {t!r}; known: {', '.join(names)}", ("routes", i, "targets", j))
         return self
 
     def target(self, name: str) -> TargetConfig:
@@ -198,6 +205,9 @@ def parse_config(text: str, source: str = "<config>") -> GatewayConfig:
     except ValidationError as e:
         err = e.errors()[0]
         loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and x.startswith("function-")))
+        ref = (err.get("ctx") or {}).get("error")
+        if isinstance(ref, _RefError):
+            loc = ref.loc
         line = _node_line(root, loc)
         field = _loc_str(loc) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
