@@ -81,19 +81,25 @@ class TargetState:
         self.ewma_ttft_s = seconds if self.ewma_ttft_s is None else 0.8 * self.ewma_ttft_s + 0.2 * seconds
 
     def update_from_metrics(self, text: str) -> None:
-        """Read queue depth, running batch and KV usage from an llmpress server's Prometheus text."""
+        """Read queue depth, running batch and KV usage from Prometheus text: llmpress serve's metric names,
+        or vLLM's (`vllm:num_requests_waiting`, `vllm:num_requests_running`, `vllm:*cache_usage_perc`)."""
         vals: dict[str, float] = {}
         for line in text.splitlines():
-            if line.startswith("llmpress_") and " " in line:
-                name, _, v = line.partition(" ")
+            if line.startswith(("llmpress_", "vllm:")):
+                name = line.split("{", 1)[0].split(" ", 1)[0]
                 try:
-                    vals[name] = float(v)
-                except ValueError:
+                    vals[name] = vals.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+                except (ValueError, IndexError):
                     continue
-        self.queue = vals.get("llmpress_queue_depth", 0.0)
-        self.running = vals.get("llmpress_running_batch_size", 0.0)
-        total = vals.get("llmpress_kv_blocks_total", 0.0)
-        self.kv_usage = vals.get("llmpress_kv_blocks_used", 0.0) / total if total else 0.0
+        if "vllm:num_requests_waiting" in vals:
+            self.queue = vals["vllm:num_requests_waiting"]
+            self.running = vals.get("vllm:num_requests_running", 0.0)
+            self.kv_usage = vals.get("vllm:kv_cache_usage_perc", vals.get("vllm:gpu_cache_usage_perc", 0.0))
+        else:
+            self.queue = vals.get("llmpress_queue_depth", 0.0)
+            self.running = vals.get("llmpress_running_batch_size", 0.0)
+            total = vals.get("llmpress_kv_blocks_total", 0.0)
+            self.kv_usage = vals.get("llmpress_kv_blocks_used", 0.0) / total if total else 0.0
         self.polled_at = time.monotonic()
         self.poll_error = None
 
