@@ -27,8 +27,9 @@ _SECRETS = [
     re.compile(r"\blp_[0-9a-f]{10}_[A-Za-z0-9_-]{20,}"),              # llmpress API keys
     re.compile(r"\beyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}"),  # JWT
     re.compile(r"-----BEGIN (?:[A-Z ]+ )?PRIVATE KEY-----"),
-    re.compile(r"(?i)\b(?:api[_-]?key|secret|token|password|passwd)\b\s*[:=]\s*['\"]?[A-Za-z0-9_\-./+=]{12,}"),
+    re.compile(r"(?i:\b(?:api[_-]?key|secret|token|password|passwd)\b)\s*[:=]\s*['\"]?[A-Za-z0-9_\-./+=]{12,}"),
 ]
+_SECRET = re.compile("|".join(f"(?:{rx.pattern})" for rx in _SECRETS))  # one pass over the text, not ten
 
 
 def luhn_ok(digits: str) -> bool:
@@ -77,7 +78,7 @@ def _has_iban(text: str) -> bool:
 
 
 def _has_secret(text: str) -> bool:
-    return any(rx.search(text) for rx in _SECRETS)
+    return _SECRET.search(text) is not None
 
 
 DETECTORS: dict[str, Callable[[str], bool]] = {
