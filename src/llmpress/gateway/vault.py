@@ -4,7 +4,7 @@ The master key comes from `LLMPRESS_MASTER_KEY` or a file (`LLMPRESS_MASTER_KEY_
 `$LLMPRESS_HOME/master.key`) that only its owner may read (0600; group/world-readable is refused).
 A target's `api_key` is a reference: `env:NAME`, `file:PATH`, or `vault[:NAME]` (the registry's
 encrypted store, set with `llmpress providers set|rotate`). Rotation keeps the previous key usable for
-a grace period; the running gateway sees the change on its next request (no restart).
+a grace period; a running gateway sees the change within a second (no restart).
 """
 
 from __future__ import annotations
