@@ -1,6 +1,6 @@
 """Registry tables for operating models: aliases and their history, A/B tests, responses, feedback.
 
-Created by migration 0004. Kept here (not in tables.py) so the ops work stays in its own module;
+Created by migration 0005. Kept here (not in tables.py) so the ops work stays in its own module;
 they share `Base`, so one metadata describes the whole schema.
 """
 

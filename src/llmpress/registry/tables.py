@@ -104,4 +104,4 @@ class DeploymentRow(Base):
     config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    alias: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the alias it follows (migration 0004)
+    alias: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the alias it follows (migration 0005)

@@ -1,0 +1,267 @@
+"""Gateway benchmark: the TTFT the gateway adds, and a hybrid local + "cloud" run with spillover.
+
+1. Overhead: one `llmpress serve` (tiny-llama by default) behind `llmpress gateway`; 1 / 8 / 32 concurrent
+   streaming clients send the same requests directly and through the gateway, in alternating rounds.
+   Reported: client-side TTFT p50/p99 direct vs gateway and their difference, and the gateway's own
+   pre-upstream time (the `x-llmpress-overhead-ms` header: arrival -> upstream send) p50/p99.
+2. Hybrid: a small local server (max batch 4) and a second server priced like a cloud provider. The same
+   load runs against a local-only route and a local-first route whose local target spills above a queue
+   of 2: share of requests per target, recorded cost, and the local server's p99 TTFT with and without
+   spillover.
+Servers, gateway and load generator are separate processes. Never asserts time.
+Writes benchmarks/results/gateway.json, gateway.md and gateway.png. `--quick` runs a few requests per level.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(args: list[str], ready_path: str, port: int, log: Path) -> subprocess.Popen:
+    f = log.open("w")
+    p = subprocess.Popen([sys.executable, "-m", "llmpress.cli.main", *args], stdout=f, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if p.poll() is not None:
+            raise SystemExit(f"{args[0]} exited: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(url + ready_path, timeout=2).status_code == 200:
+                return p
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    p.kill()
+    raise SystemExit(f"{args[0]} did not become ready in 300 s")
+
+
+def stop(p: subprocess.Popen) -> None:
+    if p.poll() is None:
+        p.terminate()
+        try:
+            p.wait(60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def serve(model: str, port: int, log: Path, *extra: str) -> subprocess.Popen:
+    return launch(["serve", model, "--no-auth", "--port", str(port), "--kv-cache-mb", "64", "--log-level", "warning",
+                   *extra], "/ready", port, log)
+
+
+async def load(url: str, model: str, concurrency: int, per_client: int, max_tokens: int) -> list[dict[str, Any]]:
+    """`concurrency` clients each sending `per_client` streaming chat requests back to back."""
+    out: list[dict[str, Any]] = []
+
+    async def client(c: httpx.AsyncClient, ci: int) -> None:
+        for i in range(per_client):
+            body = {"model": model, "messages": [{"role": "user", "content": f"Story {ci}-{i} about lighthouses."}],
+                    "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True, "stream": True}
+            t0 = time.perf_counter()
+            ttft = None
+            async with c.stream("POST", url + "/v1/chat/completions", json=body) as r:
+                status = r.status_code
+                async for line in r.aiter_lines():
+                    if ttft is None and line.startswith("data: ") and '"content": ""' not in line:
+                        ttft = time.perf_counter() - t0
+            out.append({"status": status, "ttft_s": ttft, "latency_s": time.perf_counter() - t0,
+                        "target": r.headers.get("x-llmpress-target"),
+                        "overhead_ms": float(r.headers["x-llmpress-overhead-ms"])
+                        if "x-llmpress-overhead-ms" in r.headers else None})
+
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=concurrency + 4)) as c:
+        await asyncio.gather(*(client(c, i) for i in range(concurrency)))
+    return out
+
+
+def summarize(rs: list[dict[str, Any]]) -> dict[str, Any]:
+    ok = [r for r in rs if r["status"] == 200 and r["ttft_s"] is not None]
+    t = [r["ttft_s"] * 1000 for r in ok]
+    return {"requests": len(rs), "ok": len(ok), "ttft_p50_ms": pct(t, 50), "ttft_p99_ms": pct(t, 99)}
+
+
+def overhead_run(model: str, tmp: Path, levels: list[int], per_client: int, rounds: int, max_tokens: int) -> dict:
+    up_port, gw_port = free_port(), free_port()
+    up = serve(model, up_port, tmp / "up.log", "--max-batch", "64")
+    name = httpx.get(f"http://127.0.0.1:{up_port}/v1/models").json()["data"][0]["id"]
+    cfg = tmp / "overhead.yaml"
+    cfg.write_text(json.dumps({"targets": [{"name": "local", "url": f"http://127.0.0.1:{up_port}/v1",
+                                            "models": [name], "local": True, "context": 2048}],
+                               "routes": [{"alias": "m", "targets": ["local"]}]}))
+    gw = launch(["gateway", "--config", str(cfg), "--port", str(gw_port), "--no-auth", "--log-level", "warning"],
+                "/health", gw_port, tmp / "gw.log")
+    direct_url, gw_url = f"http://127.0.0.1:{up_port}", f"http://127.0.0.1:{gw_port}"
+    res: dict[str, Any] = {}
+    try:
+        asyncio.run(load(gw_url, "m", 2, 1, max_tokens))  # warm both paths
+        asyncio.run(load(direct_url, name, 2, 1, max_tokens))
+        for c in levels:
+            d: list[dict[str, Any]] = []
+            g: list[dict[str, Any]] = []
+            for _ in range(rounds):  # alternate, so drift in machine load hits both sides alike
+                d += asyncio.run(load(direct_url, name, c, per_client, max_tokens))
+                g += asyncio.run(load(gw_url, "m", c, per_client, max_tokens))
+            sd, sg = summarize(d), summarize(g)
+            own = [r["overhead_ms"] for r in g if r["overhead_ms"] is not None]
+            res[str(c)] = {"direct": sd, "gateway": sg,
+                           "added_ttft_p50_ms": sg["ttft_p50_ms"] - sd["ttft_p50_ms"],
+                           "added_ttft_p99_ms": sg["ttft_p99_ms"] - sd["ttft_p99_ms"],
+                           "gateway_own_p50_ms": pct(own, 50), "gateway_own_p99_ms": pct(own, 99)}
+            print(f"  {c:>2} streams: direct p50 {sd['ttft_p50_ms']:.1f} ms, gateway p50 {sg['ttft_p50_ms']:.1f} ms, "
+                  f"gateway's own time p50 {pct(own, 50):.2f} / p99 {pct(own, 99):.2f} ms", flush=True)
+    finally:
+        stop(gw)
+        stop(up)
+    return res
+
+
+def hybrid_run(model: str, tmp: Path, concurrency: int, per_client: int, max_tokens: int) -> dict:
+    lp, cp, gp = free_port(), free_port(), free_port()
+    local = serve(model, lp, tmp / "local.log", "--max-batch", "4")
+    cloud = serve(model, cp, tmp / "cloud.log", "--max-batch", "64")
+    price = {"input_per_mtok": 0.15, "output_per_mtok": 0.60}
+    name = httpx.get(f"http://127.0.0.1:{lp}/v1/models").json()["data"][0]["id"]
+    cfg = tmp / "hybrid.yaml"
+    cfg.write_text(json.dumps({
+        "metrics_interval_s": 0.1,
+        "targets": [{"name": "local", "url": f"http://127.0.0.1:{lp}/v1", "models": [name], "local": True,
+                     "max_queue": 2, "context": 2048},
+                    {"name": "cloud", "url": f"http://127.0.0.1:{cp}/v1", "models": [name], "price": price,
+                     "context": 2048}],
+        "routes": [{"alias": "local-only", "targets": ["local"]},
+                   {"alias": "hybrid", "targets": ["local", "cloud"], "policy": "local-first"}]}))
+    gw = launch(["gateway", "--config", str(cfg), "--port", str(gp), "--no-auth", "--log-level", "warning"],
+                "/health", gp, tmp / "gw-hybrid.log")
+    url = f"http://127.0.0.1:{gp}"
+    out: dict[str, Any] = {"concurrency": concurrency, "requests": concurrency * per_client, "max_tokens": max_tokens,
+                           "local_max_batch": 4, "local_max_queue": 2, "cloud_price": price}
+    try:
+        for route in ("local-only", "hybrid"):
+            rs = asyncio.run(load(url, route, concurrency, per_client, max_tokens))
+            share = {t: sum(1 for r in rs if r["target"] == t) for t in ("local", "cloud")}
+            local_ttft = [r["ttft_s"] * 1000 for r in rs if r["target"] == "local" and r["ttft_s"] is not None]
+            out[route] = {**summarize(rs), "share": share, "local_ttft_p50_ms": pct(local_ttft, 50),
+                          "local_ttft_p99_ms": pct(local_ttft, 99),
+                          "errors": sum(1 for r in rs if r["status"] != 200)}
+            print(f"  {route}: {share}, local TTFT p99 {pct(local_ttft, 99):.0f} ms", flush=True)
+        time.sleep(1.0)  # cost rows are written after each response
+        from llmpress.registry.cost import CostLedger
+
+        rows = [r for r in CostLedger().rows() if r.route == "hybrid"]
+        out["hybrid"]["cost_usd"] = sum(r.cost_nusd for r in rows) / 1e9
+        out["hybrid"]["cost_by_target_usd"] = {t: sum(r.cost_nusd for r in rows if r.target == t) / 1e9
+                                               for t in ("local", "cloud")}
+        out["hybrid"]["usage_source"] = sorted({r.usage_source for r in rows})
+    finally:
+        stop(gw)
+        stop(local)
+        stop(cloud)
+    return out
+
+
+def write(result: dict[str, Any], out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "gateway.json").write_text(json.dumps(result, indent=2))
+    lines = ["# Gateway benchmark", "", f"Machine: {result['machine'].get('cpu_model')}, "
+             f"{result['machine'].get('cores')} cores, commit {result['machine'].get('git_commit')}; "
+             f"{'quick run' if result['quick'] else 'full run'}.", "",
+             "## TTFT added by the gateway (streaming, ms)", "",
+             "| streams | direct p50 | gateway p50 | added p50 | direct p99 | gateway p99 | added p99 | gateway's own p50 | own p99 |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for c, r in result["overhead"].items():
+        lines.append(f"| {c} | {r['direct']['ttft_p50_ms']:.1f} | {r['gateway']['ttft_p50_ms']:.1f} | "
+                     f"{r['added_ttft_p50_ms']:.1f} | {r['direct']['ttft_p99_ms']:.1f} | {r['gateway']['ttft_p99_ms']:.1f} | "
+                     f"{r['added_ttft_p99_ms']:.1f} | {r['gateway_own_p50_ms']:.2f} | {r['gateway_own_p99_ms']:.2f} |")
+    lines += ["", "Target: <= 5 ms p50 and <= 15 ms p99 added at 32 streams. 'Own' is the gateway's time from "
+              "arrival to the upstream send (header x-llmpress-overhead-ms); 'added' is the client-side difference, "
+              "which also carries the extra hop and the upstream's own variance.", ""]
+    h = result.get("hybrid")
+    if h:
+        lines += ["## Hybrid: local (max batch 4, spill above queue 2) + cloud-priced server", "",
+                  f"{h['requests']} streaming requests, {h['concurrency']} concurrent, {h['max_tokens']} output tokens each.",
+                  "", "| route | local | cloud | errors | local TTFT p50 ms | local TTFT p99 ms | cost USD |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for route in ("local-only", "hybrid"):
+            r = h[route]
+            lines.append(f"| {route} | {r['share']['local']} | {r['share']['cloud']} | {r['errors']} | "
+                         f"{r['local_ttft_p50_ms']:.0f} | {r['local_ttft_p99_ms']:.0f} | {r.get('cost_usd', 0):.6f} |")
+        lines += ["", "Streamed usage from `llmpress serve` is counted by the gateway (no usage chunk upstream): "
+                  f"usage source {h['hybrid'].get('usage_source')}.", ""]
+    (out_dir / "gateway.md").write_text("\n".join(lines))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    cs = list(result["overhead"])
+    x = range(len(cs))
+    for k, (lab, off) in enumerate((("direct", -0.2), ("gateway", 0.2))):
+        ax.bar([i + off for i in x], [result["overhead"][c][lab]["ttft_p50_ms"] for c in cs], 0.4, label=f"{lab} p50")
+        ax.scatter([i + off for i in x], [result["overhead"][c][lab]["ttft_p99_ms"] for c in cs], marker="_", s=200,
+                   color="k", label="p99" if k == 0 else None)
+    ax.set_xticks(list(x), [f"{c} streams" for c in cs])
+    ax.set_ylabel("TTFT ms")
+    ax.set_title("TTFT direct vs through the gateway")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "gateway.png", dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="builtin:tiny-llama")
+    ap.add_argument("--quick", action="store_true", help="a few requests per level (a smoke run)")
+    ap.add_argument("--no-hybrid", action="store_true")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = ap.parse_args()
+    from llmpress.hardware import machine_info
+
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        # a private registry (cost rows of this run only)
+        os.environ["LLMPRESS_DATABASE_URL"] = f"sqlite:///{tmp / 'registry.db'}"
+        per_client, rounds = (2, 1) if args.quick else (8, 3)
+        print("overhead run", flush=True)
+        result: dict[str, Any] = {"quick": args.quick, "model": args.model, "machine": machine_info(),
+                                  "per_client": per_client, "rounds": rounds}
+        result["overhead"] = overhead_run(args.model, tmp, [1, 8, 32], per_client, rounds, max_tokens=8)
+        if not args.no_hybrid:
+            print("hybrid run", flush=True)
+            result["hybrid"] = hybrid_run(args.model, tmp, concurrency=16, per_client=2 if args.quick else 8,
+                                          max_tokens=16 if args.quick else 32)
+    write(result, args.out)
+    print(f"wrote {args.out / 'gateway.json'}, gateway.md, gateway.png")
+
+
+if __name__ == "__main__":
+    main()
