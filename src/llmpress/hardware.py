@@ -108,3 +108,13 @@ def benchmark_record(argv: list[str]) -> dict[str, Any]:
 
     return {"machine": machine_info(), "command": shlex.join([Path(argv[0]).as_posix(), *argv[1:]]),
             "python_executable": sys.executable}
+
+
+def world_size() -> int:
+    """Ranks of a data-parallel run (`torch.distributed.run` sets WORLD_SIZE; `llmpress.scale.launch` starts it)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """Rank 0 (or a plain process): the one that writes artifacts and registry rows."""
+    return int(os.environ.get("RANK", "0")) == 0

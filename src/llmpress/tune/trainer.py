@@ -8,7 +8,6 @@ alone (so steps/s excludes evaluation), and a background sampler of peak RSS.
 from __future__ import annotations
 
 import math
-import os
 import resource
 import signal
 import threading
@@ -19,7 +18,7 @@ from typing import Any
 
 from llmpress.data.finetune import IGNORE, FinetuneData
 from llmpress.errors import LlmpressError
-from llmpress.hardware import cpu_has_bf16
+from llmpress.hardware import cpu_has_bf16, is_main_process, world_size  # noqa: F401 (re-exported)
 from llmpress.tune.config import TrainConfig
 
 
@@ -27,16 +26,6 @@ class TrainingInterrupted(LlmpressError):
     """Ctrl-C during training: a checkpoint was saved and `--resume` continues from it."""
 
     exit_code = 130
-
-
-def world_size() -> int:
-    """Ranks of a data-parallel run (`torch.distributed.run` sets WORLD_SIZE; `llmpress.scale.launch` starts it)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def is_main_process() -> bool:
-    """Rank 0 (or a plain process): the one that writes artifacts and registry rows."""
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def use_bf16(cfg: TrainConfig) -> bool:

@@ -189,7 +189,7 @@ def distill(teacher: Artifact, config: DistillConfig, student: Artifact | None =
                   temperature=config.temperature, max_steps=-1 if by_epochs else config.steps,
                   epochs=config.epochs if by_epochs else 1.0, batch_size=config.batch_size,
                   lr=config.lr, seed=config.seed, progress=progress, description=f"distill ({task})")
-    from llmpress.tune.trainer import is_main_process, world_size
+    from llmpress.hardware import is_main_process, world_size
 
     if world_size() > 1:
         stats.update(processes=world_size(), global_batch=config.batch_size)

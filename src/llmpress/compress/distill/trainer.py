@@ -137,8 +137,7 @@ def train(model: Any, dataset: Any, *, task: str, pad_id: int, teacher: Any = No
           bf16: bool | None = None) -> dict[str, Any]:
     """Train `model` in place on `dataset` (a list of dicts) with the distillation loss; returns stats.
     `bf16` None means autocast where the CPU has AMX bf16, False / True force it off / on."""
-    from llmpress.hardware import cpu_has_bf16
-    from llmpress.tune.trainer import world_size
+    from llmpress.hardware import cpu_has_bf16, world_size
 
     if task not in TASKS:
         raise ConfigError(f"unknown task {task!r}", f"use one of {', '.join(TASKS)}")
