@@ -413,7 +413,6 @@ def test_money_budget_refuses_and_counts_in_flight(env):
 
 
 def test_stream_passthrough_records_usage_and_disconnects_settle(env):
-    from llmpress.gateway.pricing import CHARS_PER_TOKEN
 
     body = chat("chat", "Tell me", max_tokens=6, stream=True)
     with httpx.stream("POST", env["gw"].url + "/v1/chat/completions", json=body, timeout=60,
@@ -426,8 +425,8 @@ def test_stream_passthrough_records_usage_and_disconnects_settle(env):
     text = "".join(json.loads(ln[6:])["choices"][0]["delta"].get("content", "") for ln in lines[:-1])
     row = ledger_row(rid)
     assert row.stream == 1 and row.target == "local" and row.status == 200
-    # llmpress serve sends no usage chunk: the gateway counts the streamed text (stated approximation)
-    assert row.usage_source == "estimated" and row.tokens_out == -(-len(text) // CHARS_PER_TOKEN)
+    # llmpress serve answers stream_options.include_usage: the ledger takes the upstream's exact count
+    assert row.usage_source == "upstream" and 1 <= row.tokens_out <= 6 and text
 
 
 # -- live: keys ------------------------------------------------------------------------------------
