@@ -12,7 +12,7 @@ from llmpress.report.plots import scatter
 from llmpress.report.tables import fmt, markdown_table
 
 HEADERS = ["recipe", "artifact", "perplexity", "Δ ppl %", "MB on disk", "peak RSS MB", "b1 tok/s", "b8 tok/s",
-           "b32 tok/s", "gate", "Pareto", "seconds"]
+           "b32 tok/s", "task score", "gate", "Pareto", "seconds"]
 
 
 def _rows(result: Any) -> list[list[Any]]:
@@ -22,7 +22,7 @@ def _rows(result: Any) -> list[list[Any]]:
         gate = "error" if c.error else ("pass" if c.passes_gate else "reject")
         rows.append([("**" + c.recipe + "** ← chosen") if chosen else c.recipe, c.artifact_id,
                      c.perplexity, c.delta_pct, c.mb_on_disk, c.peak_rss_mb, c.b1_tok_s, c.b8_tok_s, c.b32_tok_s,
-                     gate, "yes" if c.on_front else "", c.seconds])
+                     getattr(c, "task_score", None), gate, "yes" if c.on_front else "", c.seconds])
     return rows
 
 
