@@ -33,10 +33,13 @@ def run_search(*, model: str, data: str, task: str | None, task_limit: int | Non
         return
     t = Table(title=f"llmpress optimize --search — budget {cfg.budget_minutes:g} min, gate {cfg.max_quality_drop:g}"
                     + (" task points" if cfg.task else " % perplexity"))
-    for h in HEADERS:
-        t.add_column(h, justify="left" if h in ("recipe", "artifact", "status", "reason") else "right")
+    shown = [i for i, h in enumerate(HEADERS) if h not in ("artifact", "seconds", "perplexity")]
+    for i in shown:
+        h = HEADERS[i]
+        t.add_column(h, justify="left" if h in ("recipe", "status", "reason") else "right",
+                     overflow="fold", min_width=12 if h in ("recipe", "reason") else None)
     for r in rows(res):
-        t.add_row(*[v if isinstance(v, str) else fmt(v) for v in r])
+        t.add_row(*[r[i] if isinstance(r[i], str) else fmt(r[i]) for i in shown])
     out.print(t)
     for line in res.why:
         out.print(line, highlight=False)

@@ -396,8 +396,11 @@ def search(config: SearchConfig, progress: Any = None) -> SearchResult:
     if bar is not None:
         progress.update(bar, total=len(cands) + n_full_planned, completed=0)
     for c in cands:
-        guess = measured_cost.get(c.cost_class)
-        est = (sum(guess) / len(guess)) if guess else _COST_GUESS[c.cost_class] * proxy_s
+        # a structural prefix built already (cached) costs nothing again: only the rest counts
+        head, _, rest = c.recipe.partition("+")
+        klass = cost_class(rest) if rest and head in cache else c.cost_class
+        guess = measured_cost.get(klass)
+        est = (sum(guess) / len(guess)) if guess else _COST_GUESS[klass] * proxy_s
         if clock.left() - reserve < est:
             c.reason = f"budget: needs ~{est / 60:.1f} min to build, {max(0.0, clock.left() - reserve) / 60:.1f} left"
             if bar is not None:
@@ -416,7 +419,7 @@ def search(config: SearchConfig, progress: Any = None) -> SearchResult:
         except LlmpressError as e:
             c.status, c.reason = "error", e.one_line()
         c.seconds = time.perf_counter() - t
-        measured_cost.setdefault(c.cost_class, []).append(c.seconds)
+        measured_cost.setdefault(klass, []).append(c.seconds)
         if bar is not None:
             progress.advance(bar)
 
