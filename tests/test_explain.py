@@ -34,15 +34,16 @@ def test_attention_maps_and_rollout_are_distributions(eager):
 
 
 def test_integrated_gradients_completeness(eager):
-    """IG attributions add up to log p(target | input) - log p(target | zero embeddings)."""
+    """IG attributions add up to log p(target | input) - log p(target | reference-token baseline)."""
     import torch
 
-    from llmpress.explain.attribution import gradient_x_input, integrated_gradients
+    from llmpress.explain.attribution import gradient_x_input, integrated_gradients, reference_token
 
-    model, _, ids = eager
+    model, tok, ids = eager
     with torch.no_grad():
         target = int(model(input_ids=ids).logits[0, -1].argmax())
-    ig = integrated_gradients(model, ids, target, steps=64)
+    ref = reference_token(model, tok, ids)
+    ig = integrated_gradients(model, ids, target, ref, keep_first=False, steps=64)
     assert len(ig["scores"]) == ids.shape[1]
     assert abs(ig["error"]) <= 0.02 * abs(ig["delta"]) + 1e-3, ig
     gxi = gradient_x_input(model, ids, target)

@@ -78,7 +78,7 @@ def explain(config: ExplainConfig) -> ExplainResult:
     import torch
 
     from llmpress.explain.attention import attention_maps, attention_rollout
-    from llmpress.explain.attribution import gradient_x_input, integrated_gradients
+    from llmpress.explain.attribution import gradient_x_input, integrated_gradients, reference_token
     from llmpress.explain.model import load_eager
     from llmpress.explain.render import attribution_plot, heatmap_grid, rollout_plot, write_html
     from llmpress.sources import resolve
@@ -101,7 +101,9 @@ def explain(config: ExplainConfig) -> ExplainResult:
     target = int(probs.argmax())
     maps = attention_maps(model, ids)
     roll = attention_rollout(maps)
-    ig = integrated_gradients(model, ids, target, cfg.ig_steps)
+    ref = reference_token(model, tok, ids)
+    keep_first = tok.bos_token_id is not None and int(ids[0, 0]) == tok.bos_token_id
+    ig = integrated_gradients(model, ids, target, ref, keep_first, cfg.ig_steps)
     gxi = gradient_x_input(model, ids, target)
     next_tok = tok.decode([target])
 
@@ -121,6 +123,7 @@ def explain(config: ExplainConfig) -> ExplainResult:
                    "layers shown": ", ".join(map(str, layers)), "heads shown": ", ".join(map(str, heads)),
                    "IG steps / completeness error": f"{cfg.ig_steps} / {ig['error']:+.4f} "
                                                     f"(of Δ log p {ig['delta']:+.4f})",
+                   "IG baseline": f"every token -> {tok.decode([ref])!r}" + (" (BOS kept)" if keep_first else ""),
                    **{k: v for k, v in notes.items()}}
         write_html(tmp / "explain.html", summary, tokens, ig["scores"], pngs)
         res = ExplainResult(cfg.model, art.id, tokens, next_tok, float(probs[target]), layers, heads, ig["scores"],
