@@ -92,3 +92,13 @@ def test_explain_quantized_artifact_through_reference_path(tiny, tmp_path):
     assert torch.allclose(ref, got, atol=2e-2, rtol=1e-2)
     res = explain(ExplainConfig(art.id, "Quantized models can be explained", ig_steps=8, out_dir=tmp_path / "q"))
     assert res.files["html"].is_file() and res.notes["loader"] == "quantized"
+
+
+@pytest.mark.slow
+def test_explain_smollm2(smollm2, tmp_path):
+    from llmpress.explain import ExplainConfig, explain
+
+    res = explain(ExplainConfig("builtin:smollm2-135m", "The capital of France is", layer=3, ig_steps=16,
+                                out_dir=tmp_path / "s"))
+    assert res.next_token.strip() == "Paris" and res.files["html"].is_file()
+    assert abs(res.ig_completeness_error) < 0.1 * abs(sum(res.integrated_gradients)) + 0.05

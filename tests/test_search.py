@@ -102,3 +102,28 @@ def test_budget_too_small(tiny):
     assert "raise --budget-minutes to at least" in e.value.one_line()
     with pytest.raises(ConfigError, match="no time"):
         SearchConfig(budget_minutes=0).validate()
+
+
+def test_default_recipes_include_prune_distill_and_int4_g32():
+    from llmpress.plan.optimize import DEFAULT_RECIPES, OptimizeConfig
+
+    OptimizeConfig().validate()  # every default recipe parses
+    assert "int4-weight-only:g32" in DEFAULT_RECIPES
+    assert any(r.startswith("prune:") for r in DEFAULT_RECIPES) and any(r.startswith("distill:") for r in DEFAULT_RECIPES)
+
+
+def test_optimize_gate_on_task_drop():
+    """With --task the gate is the task-score drop in points, not the perplexity change."""
+    from llmpress.plan.optimize import _task_drops
+    from llmpress.plan.pareto import Candidate, choose
+
+    def cand(recipe, ppl_delta, score, tok_s):
+        return Candidate(recipe=recipe, artifact_id=recipe, name=recipe, perplexity=10.0, delta_pct=ppl_delta,
+                         mb_on_disk=1.0, b1_tok_s=tok_s, task_score=score)
+
+    cands = [cand("baseline", 0.0, 0.60, 10.0), cand("fast-bad-task", 0.5, 0.40, 30.0),
+             cand("ppl-worse-task-ok", 9.0, 0.59, 20.0)]
+    _task_drops(cands)
+    assert [c.task_drop_pts for c in cands] == pytest.approx([0.0, 20.0, 1.0])
+    assert choose(cands, "latency", 2.0, on_task=True).recipe == "ppl-worse-task-ok"
+    assert choose(cands, "latency", 2.0).recipe == "fast-bad-task"

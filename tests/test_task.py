@@ -138,3 +138,12 @@ def test_eval_cli_task_is_recorded(tiny, tmp_path):
     bad.write_text('{"prompt": 1, "answer": "x"}\n')
     res = CliRunner().invoke(app, ["eval", "builtin:tiny-llama", "--no-speed", "--task", str(bad)])
     assert res.exit_code != 0 and "bad.jsonl:1" in res.output
+
+
+@pytest.mark.slow
+def test_smollm2_beats_chance_on_pydoc_mc(smollm2):
+    """A real model scores the built-in multiple-choice task above chance (the scoring is not noise)."""
+    from llmpress.evaluate.task import TaskConfig, run_task
+
+    res = run_task(smollm2.load_model(), smollm2.load_tokenizer(), TaskConfig("builtin:pydoc-mc", limit=40))
+    assert res["acc"] > res["chance"] + 0.15, res

@@ -38,7 +38,7 @@ def _plot(result: Any, path: Path) -> Path | None:
                    xlabel="decode tok/s, batch 1 (higher is better)",
                    ylabel=f"task score on {task} (higher is better)" if task
                    else f"perplexity on {result.config.data} (lower is better)",
-                   title="search: fully measured candidates (marker area = peak RSS)", front=front, highlight=win)
+                   title="search: fully measured candidates (marker area = peak RSS; front on quality, speed, memory)", front=front, highlight=win)
 
 
 def _space_lines(result: Any) -> list[str]:
