@@ -54,14 +54,23 @@ def test_three_examples_give_different_justified_answers(measured):
     for o in private.rejected:
         if o.form in ("cloud API", "self-hosted cloud", "hybrid"):
             assert any(r.startswith("privacy") for r in o.rejected), o
-    assert "privacy" in private.summary
+    assert "privacy" in private.summary and private.break_even is None  # no API comparison when data stays
     assert spiky.options[0].form == "cloud API"
     sh = next(o for o in spiky.options + spiky.rejected if o.form == "self-hosted cloud")
     assert sh.figures["cost_usd_month"].value > spiky.options[0].figures["cost_usd_month"].value
+    # High steady volume: the answer turns on measured throughput. A replica full of requests costs less
+    # per request than the API unless the machine measured is pathologically slow (a shared CI box at
+    # load 20 measures tiny-llama ~100x below its quiet speed); then the API must win and say why.
+    sh = min((o for o in steady.options + steady.rejected if o.form == "self-hosted cloud"),
+             key=lambda o: o.figures["cost_usd_month"].value)
+    api = next(o for o in steady.options + steady.rejected if o.form == "cloud API" and "small" in o.model)
+    if sh.figures["cost_usd_month"].value >= api.figures["cost_usd_month"].value:
+        assert steady.options[0].form == "cloud API" and "never pays off" in steady.break_even
+        pytest.skip(f"this machine measured tiny-llama too slowly for self-hosting to win "
+                    f"(${sh.figures['cost_usd_month'].value:,.0f} vs API ${api.figures['cost_usd_month'].value:,.0f})")
     assert steady.options[0].form == "self-hosted cloud"
-    api = next(o for o in steady.options + steady.rejected if o.form == "cloud API")
     assert steady.options[0].figures["cost_usd_month"].value < api.figures["cost_usd_month"].value
-    assert steady.break_even and "pays off above" in steady.break_even
+    assert steady.break_even and "self-hosting pays off above" in steady.break_even
     assert len({private.options[0].form, spiky.options[0].form, steady.options[0].form}) == 3
 
 

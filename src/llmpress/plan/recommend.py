@@ -386,6 +386,8 @@ def _self_hosted(m: Measured, req: Requirements) -> list[Option]:
                               f"{need_r:.1f} GB > local {hw.cores} cores, {hw.ram_gb:g} GB")
     o.notes.append(f"{replicas} replica(s) of {m.threads} core(s) cover the peak {peak:.2f} req/s "
                    f"({cap:.2f} req/s each)")
+    if hw.gpu:
+        o.notes.append(f"hardware.gpu {hw.gpu!r} is not modelled: these figures are CPU measurements")
     opts.append(o)
     # Self-hosted on rented cloud cores.
     per = (m.threads * a.cloud_usd_per_vcpu_hour + max(ram_gb, 0.5) * a.cloud_usd_per_gb_hour) * a.hours_per_month
@@ -483,15 +485,18 @@ def _break_even(opts: list[Option], req: Requirements) -> str | None:
     if per_req_api <= 0:
         return f"the API `{api.model}` costs nothing per request here: self-hosting never pays off"
     be = one / (per_req_api * DAYS_PER_MONTH)
-    per_req_sh = one / (cap_rps / req.traffic.peak_factor() * 86400 * DAYS_PER_MONTH) if cap_rps else math.inf
-    text = (f"self-hosted `{sh.model}` (${one:,.0f}/month per replica, {sh.replicas} replica(s) = "
+    per_replica_day = cap_rps / req.traffic.peak_factor() * 86400  # requests/day one replica takes at this shape
+    per_req_sh = one / (per_replica_day * DAYS_PER_MONTH) if per_replica_day else math.inf
+    head = (f"self-hosted `{sh.model}` (${one:,.0f}/month per replica, {sh.replicas} replica(s) = "
             f"${sh.figures['cost_usd_month'].value:,.0f}) vs API `{api.model}` (${per_req_api * 1000:.3f} per 1000 "
-            f"requests = ${api_cost:,.0f}/month at {req.traffic.requests_per_day:,.0f}/day): one replica pays off "
-            f"above ~{be:,.0f} requests/day")
-    if per_req_sh >= per_req_api:
-        text += (f"; but a full replica costs ${per_req_sh * 1000:.3f} per 1000 requests at this peak factor, more "
-                 "than the API, so the API stays cheaper at any volume")
-    return text
+            f"requests = ${api_cost:,.0f}/month at {req.traffic.requests_per_day:,.0f}/day)")
+    if per_req_sh < per_req_api:
+        return (f"{head}: self-hosting pays off above ~{be:,.0f} requests/day (one replica takes up to "
+                f"{per_replica_day:,.0f}/day at peak {req.traffic.peak_factor():g}x; when full it costs "
+                f"${per_req_sh * 1000:.3f} per 1000 requests)")
+    return (f"{head}: self-hosting never pays off at this traffic shape: a full replica costs "
+            f"${per_req_sh * 1000:.3f} per 1000 requests (it takes at most {per_replica_day:,.0f}/day at peak "
+            f"{req.traffic.peak_factor():g}x), more than the API")
 
 
 def recommend(requirements: str | Path | Requirements, gateway_path: str | Path | None = None) -> Recommendation:
@@ -520,14 +525,19 @@ def recommend(requirements: str | Path | Requirements, gateway_path: str | Path 
     ok = [o for o in opts if not o.rejected]
     bad = [o for o in opts if o.rejected]
 
-    def rank(o: Option) -> tuple[float, float, int, float]:
+    floor = req.quality.min_score is not None or req.quality.max_perplexity is not None
+
+    def rank(o: Option) -> tuple[int, float, float, int, float]:
+        """Verified quality first (when there is a floor), then cost, p95 TTFT, measured figures, quality."""
         q = o.figures.get("quality")
-        qv = q.value if q is not None and q.value is not None and q.kind == "measured" else 0.0
-        return (o.figures["cost_usd_month"].value or 0.0, o.figures["p95_ttft_ms"].value or 0.0,
-                -o.measured_count(), -qv)
+        verified = q is not None and q.value is not None and q.kind == "measured"
+        qv = q.value if verified and q is not None and q.value is not None else 0.0
+        return (int(floor and not verified), o.figures["cost_usd_month"].value or 0.0,
+                o.figures["p95_ttft_ms"].value or 0.0, -o.measured_count(), -qv)
 
     ok.sort(key=rank)
-    return Recommendation(req, ok, bad, _summary(req, ok, bad), _break_even(opts, req))
+    be = _break_even(opts, req) if req.privacy.data_may_leave else None
+    return Recommendation(req, ok, bad, _summary(req, ok, bad), be)
 
 
 def _summary(req: Requirements, ok: list[Option], bad: list[Option]) -> str:
