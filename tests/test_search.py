@@ -43,7 +43,8 @@ def searched(tiny, tmp_path_factory):
     _register_all()
     out = tmp_path_factory.mktemp("search")
     res = CliRunner().invoke(app, [
-        "optimize", "builtin:tiny-llama", "--search", "--budget-minutes", "10", "--max-quality-drop", "1000%",
+        "optimize", "builtin:tiny-llama", "--search", "--budget-minutes", "10", "--max-quality-drop", "100",
+        "--task", "builtin:pydoc-mc", "--task-limit", "4",
         "--space", "schemes=none,int8-weight-only,int4-weight-only;groups=32;gptq=no;prune=0,25%;recover=0;distill=0",
         "--eta", "2", "--max-tokens", "128", "--proxy-tokens", "64", "--batch-sizes", "1", "--new-tokens", "4",
         "--repeats", "1", "--samples", "4", "--out", str(out), "--json"])
@@ -74,6 +75,9 @@ def test_search_end_to_end(searched, tiny):
     assert win is not None and win["status"] == "winner" and win["passes"]
     assert win["b1_tok_s"] == max(c["b1_tok_s"] for c in full if c["passes"])
     assert any(c["on_front"] for c in full)
+    for c in full:  # judged on the task: score and drop in points measured for every survivor
+        assert c["task_score"] is not None and c["task_drop_pts"] is not None
+    assert "task points" in data["why"][0]
     md = (out / "report.md").read_text()
     assert "## Explored space" in md and "## Why the winner won" in md and win["recipe"] in md
     assert data["why"][1].startswith(f"`{win['recipe']}` wins")
@@ -86,7 +90,7 @@ def test_search_constraints_reject(searched):
     data, _ = searched
     fields = set(SearchCandidate.__dataclass_fields__)
     cands = [SearchCandidate(**{k: v for k, v in c.items() if k in fields}) for c in [data["baseline"], *data["candidates"]]]
-    winner, why = _decide(cands, SearchConfig(max_quality_drop=1000, max_memory_mb=1.0))
+    winner, why = _decide(cands, SearchConfig(task="builtin:pydoc-mc", max_quality_drop=100, max_memory_mb=1.0))
     assert winner is None and "relax" in why[-1]
     assert all("peak RSS" in c.reason for c in cands if c.rung == 1)
 

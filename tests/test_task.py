@@ -147,3 +147,17 @@ def test_smollm2_beats_chance_on_pydoc_mc(smollm2):
 
     res = run_task(smollm2.load_model(), smollm2.load_tokenizer(), TaskConfig("builtin:pydoc-mc", limit=40))
     assert res["acc"] > res["chance"] + 0.15, res
+
+
+@pytest.mark.parametrize("command", [["bench", "builtin:tiny-llama", "builtin:tiny-llama"],
+                                     ["optimize", "builtin:tiny-llama", "--recipes", "int8-weight-only"],
+                                     ["optimize", "builtin:tiny-llama", "--search", "--budget-minutes", "1"]])
+def test_bad_task_fails_before_any_work(tmp_path, command):
+    from llmpress.cli.main import _register_all, app
+
+    _register_all()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"query": "q", "choices": ["a", "b"], "gold": 0}\n{"query": "q", "choices": ["a", "b"]}\n')
+    res = CliRunner().invoke(app, [*command, "--task", str(bad), "--out", str(tmp_path / "out")])
+    assert res.exit_code != 0 and "bad.jsonl:2: field 'gold'" in res.output, res.output
+    assert not (tmp_path / "out").exists()
