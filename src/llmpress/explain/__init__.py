@@ -50,7 +50,8 @@ class ExplainResult:
     layers: list[int]
     heads: list[int]
     integrated_gradients: list[float]
-    ig_completeness_error: float
+    ig_completeness_error: float  # sum(IG) - ig_delta: small when the path integral has converged
+    ig_delta: float  # log p(next | prompt) - log p(next | baseline)
     gradient_x_input: list[float]
     rollout_last_row: list[float]
     out_dir: Path
@@ -127,7 +128,7 @@ def explain(config: ExplainConfig) -> ExplainResult:
                    **{k: v for k, v in notes.items()}}
         write_html(tmp / "explain.html", summary, tokens, ig["scores"], pngs)
         res = ExplainResult(cfg.model, art.id, tokens, next_tok, float(probs[target]), layers, heads, ig["scores"],
-                            ig["error"], gxi, roll[-1].tolist(), out, notes=notes)
+                            ig["error"], ig["delta"], gxi, roll[-1].tolist(), out, notes=notes)
         (tmp / "explain.json").write_text(json.dumps(res.to_dict(), indent=2, default=str))
         if out.exists():
             shutil.rmtree(out)

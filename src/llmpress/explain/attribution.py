@@ -47,7 +47,9 @@ def integrated_gradients(model: Any, input_ids: Any, target: int, reference_id: 
     """IG from the reference-token baseline with a midpoint Riemann sum over `steps` points.
 
     Returns per-token attributions, and f(input) - f(baseline), which the attributions sum to
-    (completeness) up to the discretisation error, also returned."""
+    (completeness) up to the discretisation error, also returned. On real models the path between
+    token embeddings leaves the data manifold and f can swing steeply along it: the error is reported
+    (CLI table, HTML, JSON) rather than hidden; raise the steps or read gradient x input alongside."""
     import torch
 
     emb = model.get_input_embeddings()(input_ids).detach().float()  # [1, T, d]
