@@ -55,9 +55,9 @@ def _summary(result: Any) -> list[str]:
     cfg = result.config
     b = result.baseline
     lines = [f"Model `{cfg.model}`, data `{cfg.data}` (eval split, {cfg.max_tokens} tokens), target "
-             f"**{cfg.target}**, quality gate Δ perplexity ≤ {cfg.max_quality_drop:g} %.",
-             *([f"Judged on task `{cfg.task}`: the gate is the drop of its score in points (baseline "
-                f"{fmt(b.task_score)}), ≤ {cfg.max_quality_drop:g}."] if getattr(cfg, "task", None) else []),
+             f"**{cfg.target}**, quality gate "
+             + (f"on task `{cfg.task}`: score drop ≤ {cfg.max_quality_drop:g} points (baseline {fmt(b.task_score)})."
+                if getattr(cfg, "task", None) else f"Δ perplexity ≤ {cfg.max_quality_drop:g} %."),
              f"Baseline perplexity {b.perplexity:.3f}, b1 {fmt(b.b1_tok_s)} tok/s, {fmt(b.mb_on_disk)} MB. "
              f"Speed: decode tok/s (median of {cfg.repeats}, {cfg.new_tokens} new tokens, through the llmpress engine "
              f"when it serves the model, else the lean loop), "
