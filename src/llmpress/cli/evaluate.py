@@ -37,6 +37,19 @@ RUNNER = typer.Option("auto", "--runner",
                       help="Decode loop to time: auto (engine if it serves the model, else lean) | engine | lean "
                            "(HF forward + KV cache) | hf (model.generate).")
 JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
+TASK = typer.Option(None, "--task", help="Also score a task: a .jsonl of {prompt, answer} or {query, choices, gold}, "
+                                         "builtin:pydoc-mc, builtin:fortunes-cls, or lm-eval:TASK.")
+TASK_LIMIT = typer.Option(None, "--task-limit", help="Score at most this many task items.")
+
+
+def _with_task(cfg, task: str | None, task_limit: int | None):  # noqa: ANN001, ANN202
+    """Attach a task to an EvalConfig after checking it (a bad task file fails before any model loads)."""
+    if task is not None:
+        from llmpress.evaluate.task import check_task
+
+        check_task(task, task_limit)
+        cfg.task, cfg.task_limit = task, task_limit
+    return cfg
 
 
 def _print_eval(name: str, results: dict) -> None:
@@ -50,11 +63,14 @@ def _print_eval(name: str, results: dict) -> None:
     t.add_column("metric")
     t.add_column("value", justify="right")
     for k, v in row.items():
-        if k not in ("model", "id") and v is not None:
+        if k not in ("model", "id", "task score") and v is not None:
             t.add_row(k, fmt(v))
     q = results.get("quality", {})
     if "delta_ppl_pct" in q:
         t.add_row("Δ perplexity vs parent", f"{q['delta_ppl_pct']:+.2f} %")
+    tk = results.get("task")
+    if tk:
+        t.add_row(f"task {tk['task']} ({tk['metric']})", fmt(tk["score"]))
     if "nonzero_params" in results.get("size", {}):
         t.add_row("nonzero params (M)", fmt(results["size"]["nonzero_params"] / 1e6))
     out.print(t)
@@ -65,7 +81,7 @@ def eval_cmd(model: str = typer.Argument(..., help="builtin:NAME, artifact id/na
              stride: int = STRIDE, batch_sizes: str = BATCHES, new_tokens: int = NEWTOK, repeats: int = REPEATS,
              runner: str = RUNNER, no_speed: bool = typer.Option(False, "--no-speed", help="Skip speed."),
              no_quality: bool = typer.Option(False, "--no-quality", help="Skip perplexity."),
-             as_json: bool = JSON) -> None:
+             task: str | None = TASK, task_limit: int | None = TASK_LIMIT, as_json: bool = JSON) -> None:
     """Evaluate one model: perplexity + bits/byte, TTFT + decode tok/s at b1/b8/b32 + peak RSS, size."""
 
     def body() -> None:
@@ -74,6 +90,7 @@ def eval_cmd(model: str = typer.Argument(..., help="builtin:NAME, artifact id/na
 
         cfg = _config(data, text_field, max_tokens, window, stride, batch_sizes, new_tokens, repeats, runner,
                       not no_quality, not no_speed)
+        cfg = _with_task(cfg, task, task_limit)
         art = resolve(model)
         with progress() as p:
             results = evaluate_artifact(art, cfg, progress=p)
@@ -89,7 +106,7 @@ def bench_cmd(models: list[str] = typer.Argument(..., help="Two or more models t
               data: str = DATA, text_field: str = FIELD, max_tokens: int | None = MAXTOK, window: int = WINDOW,
               stride: int = STRIDE, batch_sizes: str = BATCHES, new_tokens: int = NEWTOK, repeats: int = REPEATS,
               runner: str = RUNNER, out_dir: Path | None = typer.Option(None, "--out", help="Report directory."),
-              as_json: bool = JSON) -> None:
+              task: str | None = TASK, task_limit: int | None = TASK_LIMIT, as_json: bool = JSON) -> None:
     """Compare models measured the same way in one run: table, report.md and a quality-vs-speed plot."""
 
     def body() -> None:
@@ -100,6 +117,7 @@ def bench_cmd(models: list[str] = typer.Argument(..., help="Two or more models t
 
         cfg = _config(data, text_field, max_tokens, window, stride, batch_sizes, new_tokens, repeats, runner,
                       True, True)
+        cfg = _with_task(cfg, task, task_limit)
         with progress() as p:
             res = run_bench(models, cfg, out_dir, progress=p)
         if as_json:

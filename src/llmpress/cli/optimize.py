@@ -26,6 +26,18 @@ def optimize_cmd(
     qat_steps: int = typer.Option(40, "--qat-steps", help="QAT fine-tuning steps."),
     list_recipes: bool = typer.Option(False, "--list-recipes", help="List recipe steps and exit."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    task: str | None = typer.Option(None, "--task", help="Judge quality on a task (.jsonl, builtin:pydoc-mc, "
+                                    "builtin:fortunes-cls, lm-eval:TASK): the gate is its score drop in points."),
+    task_limit: int | None = typer.Option(None, "--task-limit", help="Score at most this many task items."),
+    search: bool = typer.Option(False, "--search", help="Successive-halving search over a recipe space "
+                                "(see --space) within --budget-minutes instead of a fixed recipe list."),
+    budget_minutes: float = typer.Option(30.0, "--budget-minutes", help="--search: wall-clock budget."),
+    max_memory_mb: float | None = typer.Option(None, "--max-memory-mb", help="--search: max peak RSS (MB)."),
+    min_tok_s: float | None = typer.Option(None, "--min-tok-s", help="--search: min decode tok/s at batch 1."),
+    space: str | None = typer.Option(None, "--space", help="--search: axes, e.g. 'schemes=none,int8-weight-only,"
+                                     "int4-weight-only;groups=32,64;gptq=no,yes;prune=0,25%;recover=0,50;distill=0,50%'."),
+    eta: int = typer.Option(3, "--eta", help="--search: keep 1/eta of the proxy-measured candidates."),
+    proxy_tokens: int = typer.Option(512, "--proxy-tokens", help="--search: perplexity tokens of the cheap proxy."),
 ) -> None:
     """Apply recipes, evaluate all on the same data, gate on quality, pick the best on the target."""
 
@@ -37,13 +49,26 @@ def optimize_cmd(
         if list_recipes:
             _print_recipes(as_json)
             return
+        if search:
+            from llmpress.cli.plan import run_search
+
+            run_search(model=model, data=data, task=task, task_limit=task_limit, budget_minutes=budget_minutes,
+                       max_quality_drop=parse_quality_drop(max_quality_drop), max_memory_mb=max_memory_mb,
+                       min_tok_s=min_tok_s, space=space, eta=eta, proxy_tokens=proxy_tokens, out_dir=out_dir,
+                       max_tokens=max_tokens, batch_sizes=_batch_sizes(batch_sizes), new_tokens=new_tokens,
+                       repeats=repeats, samples=samples, as_json=as_json)
+            return
+        if task is not None:
+            from llmpress.evaluate.task import check_task
+
+            check_task(task, task_limit)
         from llmpress.plan.recipes import split_recipes
 
         rs = tuple(split_recipes(recipes)) if recipes else DEFAULT_RECIPES
         cfg = OptimizeConfig(model=model, data=data, max_quality_drop=parse_quality_drop(max_quality_drop),
                              target=target, recipes=rs, out_dir=out_dir, max_tokens=max_tokens,
                              batch_sizes=_batch_sizes(batch_sizes), new_tokens=new_tokens, repeats=repeats,
-                             calibration_samples=samples, qat_steps=qat_steps)
+                             calibration_samples=samples, qat_steps=qat_steps, task=task, task_limit=task_limit)
         cfg.validate()
         with progress() as p:
             res = optimize(cfg, progress=p)

@@ -29,6 +29,9 @@ class EvalConfig:
     speed: bool = True
     size: bool = True
     speed_config: SpeedConfig = field(default_factory=SpeedConfig)
+    # a task file / builtin:NAME / lm-eval:TASK scored on the same loaded model (see evaluate.task)
+    task: str | None = None
+    task_limit: int | None = None
 
 
 def quality_delta(ppl: float, parent_ppl: float) -> float:
@@ -61,7 +64,7 @@ def evaluate_artifact(art: Artifact, config: EvalConfig | None = None, progress:
     results: dict[str, Any] = {}
     reg = get_registry()
     task = None
-    if cfg.quality or cfg.size:
+    if cfg.quality or cfg.size or cfg.task:
         texts = load_corpus(cfg.data, cfg.text_field).split("eval") if cfg.quality else []
         if model is None:
             model = art.load_model()
@@ -82,6 +85,8 @@ def evaluate_artifact(art: Artifact, config: EvalConfig | None = None, progress:
                 q["parent_perplexity"] = parent_q["perplexity"]
                 q["delta_ppl_pct"] = quality_delta(q["perplexity"], parent_q["perplexity"])
             results["quality"] = q
+        if cfg.task:
+            results["task"] = _run_task(model, tokenizer, art, cfg, progress)
         if cfg.size:
             results["size"] = {**count_parameters(model), "bytes_on_disk": art.bytes_on_disk()}
             results["size"]["mb_on_disk"] = results["size"]["bytes_on_disk"] / 1e6
@@ -98,5 +103,18 @@ def evaluate_artifact(art: Artifact, config: EvalConfig | None = None, progress:
         results["speed"] = measure_in_subprocess(art.path, cfg.speed_config, on_s)
     for section, values in results.items():
         art.record_metrics(section, values)
-        reg.add_evaluation(art, cfg.data if section == "quality" else "-", section, values)
+        dataset = cfg.data if section == "quality" else (cfg.task if section == "task" else "-")
+        reg.add_evaluation(art, dataset or "-", section, values)
     return results
+
+
+def _run_task(model: Any, tokenizer: Any, art: Artifact, cfg: EvalConfig, progress: Any) -> dict[str, Any]:
+    from llmpress.evaluate.task import TaskConfig, run_task
+
+    task = progress.add_task(f"{art.name}: task {cfg.task}", total=None) if progress is not None else None
+
+    def on_t(done: int, total: int) -> None:
+        if progress is not None:
+            progress.update(task, completed=done, total=total)
+
+    return run_task(model, tokenizer, TaskConfig(str(cfg.task), limit=cfg.task_limit), on_progress=on_t)

@@ -27,6 +27,8 @@ class Candidate:
     on_front: bool = False
     error: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    task_score: float | None = None  # with --task: the task's primary score, and its drop vs the baseline
+    task_drop_pts: float | None = None
 
     def target_value(self, target: str) -> float | None:
         return getattr(self, TARGETS[target][0])
@@ -55,13 +57,15 @@ def mark_front(cands: list[Candidate], target: str) -> list[int]:
     return front
 
 
-def choose(cands: list[Candidate], target: str, max_drop_pct: float) -> Candidate | None:
-    """Best on the target among those within the quality gate (ties -> lower perplexity)."""
+def choose(cands: list[Candidate], target: str, max_drop_pct: float, on_task: bool = False) -> Candidate | None:
+    """Best on the target among those within the quality gate (ties -> lower perplexity).
+    `on_task`: the gate is the task-score drop in points instead of the perplexity change."""
     if target not in TARGETS:
         raise ConfigError(f"unknown target {target!r}", f"use one of {', '.join(TARGETS)}")
     key, higher = TARGETS[target]
     for c in cands:
-        c.passes_gate = c.error is None and c.delta_pct <= max_drop_pct
+        drop = (c.task_drop_pts if c.task_drop_pts is not None else float("inf")) if on_task else c.delta_pct
+        c.passes_gate = c.error is None and drop <= max_drop_pct
     ok = [c for c in cands if c.passes_gate and getattr(c, key) is not None]
     if not ok:
         return None

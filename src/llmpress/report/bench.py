@@ -17,7 +17,7 @@ from llmpress.report.plots import scatter
 from llmpress.report.tables import markdown_table
 
 COLUMNS = ["model", "id", "params (M)", "MB on disk", "perplexity", "bits/byte", "TTFT ms", "b1 tok/s",
-           "b8 tok/s", "b32 tok/s", "load s", "peak RSS MB"]
+           "b8 tok/s", "b32 tok/s", "load s", "peak RSS MB", "task score"]
 
 
 def summary_row(name: str, art_id: str, m: dict[str, Any]) -> dict[str, Any]:
@@ -37,6 +37,7 @@ def summary_row(name: str, art_id: str, m: dict[str, Any]) -> dict[str, Any]:
         "TTFT ms": ttft * 1000 if ttft is not None else None,
         "b1 tok/s": tok("b1"), "b8 tok/s": tok("b8"), "b32 tok/s": tok("b32"),
         "load s": s.get("load_s"), "peak RSS MB": s.get("peak_rss_mb"),
+        "task score": (m.get("task") or {}).get("score"),
     }
 
 

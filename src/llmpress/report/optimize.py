@@ -13,7 +13,7 @@ from llmpress.report.plots import scatter
 from llmpress.report.tables import fmt, markdown_table
 
 HEADERS = ["recipe", "artifact", "perplexity", "Δ ppl %", "MB on disk", "peak RSS MB", "b1 tok/s", "b8 tok/s",
-           "b32 tok/s", "gate", "Pareto", "seconds"]
+           "b32 tok/s", "task score", "gate", "Pareto", "seconds"]
 
 
 def _rows(result: Any) -> list[list[Any]]:
@@ -23,7 +23,7 @@ def _rows(result: Any) -> list[list[Any]]:
         gate = "error" if c.error else ("pass" if c.passes_gate else "reject")
         rows.append([("**" + c.recipe + "** ← chosen") if chosen else c.recipe, c.artifact_id,
                      c.perplexity, c.delta_pct, c.mb_on_disk, c.peak_rss_mb, c.b1_tok_s, c.b8_tok_s, c.b32_tok_s,
-                     gate, "yes" if c.on_front else "", c.seconds])
+                     getattr(c, "task_score", None), gate, "yes" if c.on_front else "", c.seconds])
     return rows
 
 
@@ -54,7 +54,9 @@ def _summary(result: Any) -> list[str]:
     cfg = result.config
     b = result.baseline
     lines = [f"Model `{cfg.model}`, data `{cfg.data}` (eval split, {cfg.max_tokens} tokens), target "
-             f"**{cfg.target}**, quality gate Δ perplexity ≤ {cfg.max_quality_drop:g} %.",
+             f"**{cfg.target}**, quality gate "
+             + (f"on task `{cfg.task}`: score drop ≤ {cfg.max_quality_drop:g} points (baseline {fmt(b.task_score)})."
+                if getattr(cfg, "task", None) else f"Δ perplexity ≤ {cfg.max_quality_drop:g} %."),
              f"Baseline perplexity {b.perplexity:.3f}, b1 {fmt(b.b1_tok_s)} tok/s, {fmt(b.mb_on_disk)} MB. "
              f"Speed: decode tok/s (median of {cfg.repeats}, {cfg.new_tokens} new tokens, through the llmpress engine "
              f"when it serves the model, else the lean loop), "
