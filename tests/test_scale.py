@@ -74,7 +74,8 @@ def test_capacity_cli_with_a_known_curve(tmp_path: Path, tiny: Any) -> None:
     d = json.loads(r.stdout)
     assert d["replicas"] == 9 and d["machines"] == 3 and d["artifact"] == tiny.id
     assert any("scale linearly" in a for a in d["assumptions"])
-    r = cli("capacity", "--artifact", "builtin:tiny-llama", "--qps", "50", "--p99-ttft-ms", "300", "--curve", str(f))
+    r = cli("plan", "capacity", "--artifact", "builtin:tiny-llama", "--qps", "50", "--p99-ttft-ms", "300", "--curve",
+            str(f))
     assert r.returncode == 0 and "replica(s) on" in r.stdout and "assumptions:" in r.stdout
     bad = cli("capacity", "--artifact", "builtin:tiny-llama", "--qps", "5", "--p99-ttft-ms", "20", "--curve", str(f))
     assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1 and "no number of replicas" in bad.stderr

@@ -49,14 +49,26 @@ def run_search(*, model: str, data: str, task: str | None, task_limit: int | Non
 
 
 def plan_cmd(
-    requirements: Path = typer.Option(..., "--requirements", "-r", help="Requirements YAML (see examples/)."),
+    ctx: typer.Context,
+    requirements: Path | None = typer.Option(None, "--requirements", "-r", help="Requirements YAML (see examples/)."),
     gateway: Path | None = typer.Option(None, "--gateway", help="Gateway config YAML with API targets "
                                         "(overrides the requirements' `gateway:` key)."),
     top: int = typer.Option(10, "--top", help="Show at most this many valid options."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Recommend a model, compression recipe and deployment form for privacy, latency, traffic, budget,
-    hardware and quality requirements: ranked options, rejected ones with reasons, measured vs assumed."""
+    hardware and quality requirements: ranked options, rejected ones with reasons, measured vs assumed.
+    `llmpress plan capacity ...` sizes replicas for a request rate instead."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if requirements is None:
+        def missing() -> None:
+            from llmpress.errors import ConfigError
+
+            raise ConfigError("plan needs --requirements FILE (or the `capacity` subcommand)",
+                              "pass e.g. `llmpress plan --requirements examples/requirements-privacy.yaml`")
+
+        run_guarded(missing)
 
     def body() -> None:
         from llmpress.plan.recommend import recommend
@@ -97,4 +109,9 @@ def _print_plan(rec: Any, top: int) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("plan")(plan_cmd)
+    from llmpress.cli.capacity import register as register_capacity
+
+    plan = typer.Typer(invoke_without_command=True, no_args_is_help=False, add_completion=False)
+    plan.callback()(plan_cmd)
+    register_capacity(plan)  # `llmpress plan capacity` (also top-level `llmpress capacity`)
+    app.add_typer(plan, name="plan")
