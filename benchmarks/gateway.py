@@ -190,8 +190,9 @@ def hybrid_run(model: str, tmp: Path, concurrency: int, per_client: int, max_tok
 def write(result: dict[str, Any], out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "gateway.json").write_text(json.dumps(result, indent=2))
-    lines = ["# Gateway benchmark", "", f"Machine: {result['machine'].get('cpu_model')}, "
-             f"{result['machine'].get('cores')} cores, commit {result['machine'].get('git_commit')}; "
+    from llmpress.hardware import machine_summary
+
+    lines = ["# Gateway benchmark", "", f"{machine_summary(result['machine'])}; `{result['command']}`; "
              f"{'quick run' if result['quick'] else 'full run'}.", "",
              "## TTFT added by the gateway (streaming, ms)", "",
              "| streams | direct p50 | gateway p50 | added p50 | direct p99 | gateway p99 | added p99 | gateway's own p50 | own p99 |",
@@ -244,7 +245,7 @@ def main() -> None:
     ap.add_argument("--no-hybrid", action="store_true")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
-    from llmpress.hardware import machine_info
+    from llmpress.hardware import benchmark_record
 
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -252,7 +253,7 @@ def main() -> None:
         os.environ["LLMPRESS_DATABASE_URL"] = f"sqlite:///{tmp / 'registry.db'}"
         per_client, rounds = (2, 1) if args.quick else (8, 3)
         print("overhead run", flush=True)
-        result: dict[str, Any] = {"quick": args.quick, "model": args.model, "machine": machine_info(),
+        result: dict[str, Any] = {"quick": args.quick, "model": args.model, **benchmark_record(sys.argv),
                                   "per_client": per_client, "rounds": rounds}
         result["overhead"] = overhead_run(args.model, tmp, [1, 8, 32], per_client, rounds, max_tokens=8)
         if not args.no_hybrid:

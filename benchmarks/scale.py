@@ -213,7 +213,7 @@ def main() -> None:
 
     import torch
 
-    from llmpress.hardware import machine_info
+    from llmpress.hardware import benchmark_record, machine_summary
     from llmpress.sources import resolve
 
     art = resolve(args.model)
@@ -224,7 +224,7 @@ def main() -> None:
     prompts = [torch.randint(10, vocab - 10, (args.prompt_len,), generator=g).tolist() for _ in range(n_max)]
     result: dict[str, Any] = {"model": args.model, "artifact": art.id, "quick": args.quick,
                               "prompt_len": args.prompt_len, "output_len": args.output_len,
-                              "threads": 1, "machine": machine_info(), "runs": {}}
+                              "threads": 1, **benchmark_record(sys.argv), "runs": {}}
     for label, replicas in (("plain", 0), ("ray-1", 1), ("ray-2", 2)):
         print(f"[{label}] starting", flush=True)
         url, proc = start(args.model, args, replicas)
@@ -259,7 +259,7 @@ def main() -> None:
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2, default=str))
     lines = [f"# Scale: {args.model} ({art.id}), prompt {args.prompt_len} / output {args.output_len} tokens, "
              "1 thread per server process or replica", "",
-             f"Machine: {result['machine'].get('cpu_model')}, commit {result['machine'].get('git_commit')}"
+             f"{machine_summary(result['machine'])}; `{result['command']}`"
              + ("  (**--quick smoke run: not a measurement**)" if args.quick else ""), "",
              "| server | clients | req/s | tok/s | TTFT p50 ms | TTFT p99 ms | errors |", "|---|---|---|---|---|---|---|"]
     for label, run in result["runs"].items():
