@@ -37,7 +37,7 @@ METHODS: dict[str, dict] = {
 
 
 def worker(method: str, steps: int, seq_len: int, batch: int, out: Path, checkpointing: bool = False,
-           bf16: str = "auto", model: str = MODEL) -> None:
+           bf16: str = "auto", model: str = MODEL, max_eval: int | None = None) -> None:
     """Run one method in this (fresh) process and write its numbers to `out`."""
     from llmpress.sources import resolve
     from llmpress.tune.config import TrainConfig
@@ -49,7 +49,7 @@ def worker(method: str, steps: int, seq_len: int, batch: int, out: Path, checkpo
     t0 = time.perf_counter()
     art = tune_artifact(base, method, DATA, spec["params"],
                         TrainConfig(max_steps=steps, lr=spec["lr"], batch_size=batch, seq_len=seq_len,
-                                    eval_every=steps, max_eval=None, seed=0, gradient_checkpointing=checkpointing,
+                                    eval_every=steps, max_eval=max_eval, seed=0, gradient_checkpointing=checkpointing,
                                     bf16=bf16),
                         name=f"bench-{base.name}-{method}-bf16{bf16}")
     m = dict(art.manifest.metrics["tune"])
@@ -66,7 +66,8 @@ def markdown(rows: dict[str, dict], checks: dict, args: argparse.Namespace, reco
     lines = [f"# Fine-tuning {args.model} on {DATA}", "",
              f"{args.steps} optimizer steps, batch {args.batch}, seq len {args.seq_len}, seed 0, "
              f"bf16 autocast {' and '.join(bf16)} (--bf16 {args.bf16}), gradient checkpointing "
-             f"{'on' if args.gradient_checkpointing else 'off'} (every method). Each method in its own "
+             f"{'on' if args.gradient_checkpointing else 'off'} (every method), eval loss on "
+             f"{args.max_eval or 'all'} eval examples. Each method in its own "
              "process; peak RSS = that process's ru_maxrss.", "", machine_summary(record["machine"]),
              f"Command: `{record['command']}`", "",
              "| method | bf16 | lr | trainable params | trainable % | peak RSS (MB) | peak RSS vs full | steps/s | "
@@ -99,12 +100,13 @@ def main() -> None:
                     help="bf16 autocast for training; both = every method twice, on and off")
     ap.add_argument("--model", default=MODEL, help="base model (builtin:tiny-llama for a smoke run)")
     ap.add_argument("--out", type=Path, default=OUT, help="result directory")
+    ap.add_argument("--max-eval", type=int, default=None, help="cap on eval examples (default: the whole split)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         worker(args.worker, args.steps, args.seq_len, args.batch, Path(args.worker_out), args.gradient_checkpointing,
-               args.bf16, args.model)
+               args.bf16, args.model, args.max_eval)
         return
     from llmpress.hardware import benchmark_record
 
@@ -121,6 +123,7 @@ def main() -> None:
         subprocess.run([sys.executable, __file__, "--worker", method, "--worker-out", str(part),
                         "--steps", str(args.steps), "--seq-len", str(args.seq_len), "--batch", str(args.batch),
                         "--bf16", bf16, "--model", args.model]
+                       + (["--max-eval", str(args.max_eval)] if args.max_eval else [])
                        + (["--gradient-checkpointing"] if args.gradient_checkpointing else []),
                        check=True)
         rows[key] = json.loads(part.read_text())
@@ -144,7 +147,8 @@ def main() -> None:
             checks["loss"] = {"check": "LoRA eval loss vs full, same steps", "target": "within 5 %",
                               "measured": f"{loss:+.1%} ({lo['eval_loss_after']:.3f} vs {fu['eval_loss_after']:.3f})",
                               "met": abs(loss) <= 0.05 or loss < 0}
-    result = {**record, "model": args.model, "data": DATA, "bf16": args.bf16, "steps": args.steps, "seq_len": args.seq_len, "batch": args.batch,
+    result = {**record, "model": args.model, "data": DATA, "bf16": args.bf16, "max_eval": args.max_eval,
+              "steps": args.steps, "seq_len": args.seq_len, "batch": args.batch,
               "gradient_checkpointing": args.gradient_checkpointing, "methods": rows, "checks": checks}
     (out / f"results{args.tag}.json").write_text(json.dumps(result, indent=2, default=str))
     md = markdown(rows, checks, args, record)

@@ -37,7 +37,7 @@ def test_machine_summary_names_cpu_flags_threads_torch_commit() -> None:
 def test_tuning_benchmark_bf16_side_by_side(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
     r = subprocess.run([sys.executable, str(BENCH / "tuning.py"), "--model", "builtin:tiny-llama", "--steps", "1",
-                        "--methods", "lora", "--bf16", "both", "--seq-len", "32", "--out", str(tmp_path)],
+                        "--methods", "lora", "--bf16", "both", "--seq-len", "128", "--out", str(tmp_path)],
                        capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((tmp_path / "results.json").read_text())

@@ -43,15 +43,30 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def cpu_has_bf16() -> bool:
-    """True when the CPU has AMX bf16 tiles, where bf16 autocast pays off.
+# Flags with which bf16 autocast is the training default (`--bf16 auto` in tune and distill); decided
+# per CPU family by benchmarks/bf16_training.py (interleaved fp32 / bf16 training steps).
+BF16_AUTOCAST_FLAGS: tuple[str, ...] = ("amx_bf16",)
 
-    Measured on this project's 2-core AMX machine (idle): a 512x576 @ 576x1536 GEMM takes 1.2 ms in
-    bf16 against 5.9 ms in float32. AVX512-BF16 alone (no AMX) is measured by `benchmarks/tuning.py`;
-    training's `--bf16 on|off` overrides.
+
+def bf16_autocast_pays(flags: set[str] | None) -> bool:
+    """True when a CPU with these flags trains faster under bf16 autocast (see `cpu_has_bf16`)."""
+    return flags is not None and any(f in flags for f in BF16_AUTOCAST_FLAGS)
+
+
+def cpu_has_bf16() -> bool:
+    """True when bf16 autocast is this CPU's training default: AMX bf16 tiles, not AVX512-BF16 alone.
+
+    AMX (this project's 2-core Intel machine, idle): a 512x576 @ 576x1536 GEMM takes 1.2 ms in bf16
+    against 5.9 ms in float32, and training runs faster under autocast.
+    AVX512-BF16 without AMX (2-core AMD EPYC, 2026-12-05, load average 6-9 from other jobs): the GEMM
+    kernels alone are ~3-4x faster in bf16 (interleaved, best of 20: 512x576 @ 576x576 0.36 vs 1.47 ms;
+    576x1536 shapes 1.3 ms bf16 vs ~4.4 ms fp32), but end to end it is not shown to help: tiny-llama
+    LoRA steps ran at 0.66x under autocast (casts outweigh small GEMMs), and the SmolLM2-135M side-by-side
+    (benchmarks/bf16_training.py, tuning.py --bf16 both) did not finish within its 5-minute budget on
+    the loaded machine (fp32 ~38 s/step). So it stays off there until benchmarks/bf16_training.py on a
+    quiet machine shows a gain; then add "avx512_bf16" to BF16_AUTOCAST_FLAGS. `--bf16 on` opts in.
     """
-    flags = cpu_flags()
-    return flags is not None and "amx_bf16" in flags
+    return bf16_autocast_pays(cpu_flags())
 
 
 def cpu_has_avx512() -> bool:
