@@ -9,6 +9,7 @@ are read per layer, from the modules) and merged LoRA.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -90,6 +91,9 @@ class ModelRunner:
         n_slots = self.num_blocks * block_size
         self.k_cache = [torch.zeros(n_slots, n, self.head_dim, dtype=self.dtype) for n in self.n_kv]
         self.v_cache = [torch.zeros(n_slots, n, self.head_dim, dtype=self.dtype) for n in self.n_kv]
+        # Section timers for benchmarks/decode_profile.py: None (off) costs one `P and ...` test per
+        # section; a dict accumulates seconds per section (see `lap`).
+        self.prof: dict[str, float] | None = None
         self._build_fast_path()
 
     # -- fast path --------------------------------------------------------------------
@@ -124,9 +128,11 @@ class ModelRunner:
             v = a.v_proj(x).view(len(x), -1, hd)
             return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin, v
         y = f(x).view(len(x), -1, hd)
+        self.prof is not None and self.lap("matmul")
         nq, nk = self.n_heads[li], self.n_kv[li]
         qk = y[:, :nq + nk]  # q and k heads rotate together: one set of ops instead of two
         qk = qk * cos + _rotate_half(qk) * sin
+        self.prof is not None and self.lap("elementwise")
         return qk[:, :nq], qk[:, nq:], y[:, nq + nk:]
 
     def _mlp(self, li: int, x: torch.Tensor) -> torch.Tensor:
@@ -134,8 +140,23 @@ class ModelRunner:
         f = self.gate_up[li]
         if f is None:
             return mlp(x)
+        P = self.prof
         g, u = f(x).chunk(2, dim=-1)
-        return self.down[li](mlp.act_fn(g) * u)
+        P is not None and self.lap("matmul")
+        a = mlp.act_fn(g) * u
+        P is not None and self.lap("elementwise")
+        y = self.down[li](a)
+        P is not None and self.lap("matmul")
+        return y
+
+    def lap(self, section: str) -> bool:
+        """Profiling only: charge the time since the previous lap to `section`."""
+        P = self.prof
+        assert P is not None
+        now = time.perf_counter()
+        P[section] = P.get(section, 0.0) + now - P["_t"]
+        P["_t"] = now
+        return True
 
     # -- input preparation ------------------------------------------------------------
     def _slots(self, seq: Sequence, start: int, end: int) -> torch.Tensor:
@@ -151,6 +172,9 @@ class ModelRunner:
         Rows are the item's last token (when it completes the pending tokens) or, for items whose index is
         in `all_logits`, every fed token (prompt logprobs). Items that return no row get count 0.
         """
+        P, lap = self.prof, self.lap
+        if P is not None:
+            P["_t"] = time.perf_counter()
         bs = self.block_size
         tokens: list[int] = []
         positions: list[int] = []
@@ -195,16 +219,21 @@ class ModelRunner:
                 spans.append((len(rows), 0))
             off += n
 
+        P and lap("prep")
         h = self.inner.embed_tokens(ids)
         cos, sin = self.inner.rotary_emb(h, pos[None])
         cos, sin = cos[0, :, None, :].to(self.dtype), sin[0, :, None, :].to(self.dtype)
+        P and lap("elementwise")
         hd = self.head_dim
         for li in range(len(self.layers)):
             norm_in, norm_post = self.norms[li]
-            q, k, v = self._attn_in(li, norm_in(h), cos, sin)
+            x = norm_in(h)
+            P and lap("elementwise")
+            q, k, v = self._attn_in(li, x, cos, sin)
             kc, vc = self.k_cache[li], self.v_cache[li]
             kc.index_copy_(0, slots, k)
             vc.index_copy_(0, slots, v)
+            P and lap("kv_write")
             outs: list[torch.Tensor] = []
             if B:
                 # index_select, not kc[dec_idx]: advanced indexing is ~100x slower on CPU here
@@ -227,12 +256,19 @@ class ModelRunner:
                                                        enable_gqa=True)
                 outs.append(o[0].transpose(0, 1).reshape(n, -1))
             attn = outs[0] if len(outs) == 1 else torch.cat(outs)
-            h = h + self.o_proj[li](attn)
-            h = h + self._mlp(li, norm_post(h))
+            P and lap("attention")
+            a = self.o_proj[li](attn)
+            P and lap("matmul")
+            h = h + a
+            x = norm_post(h)
+            P and lap("elementwise")
+            h = h + self._mlp(li, x)
         if not rows:
             return torch.empty(0, 0), spans
         hs = self.final_norm(h.index_select(0, torch.tensor(rows)) if len(rows) != T else h)
+        P and lap("elementwise")
         logits = self.model.lm_head(hs).float()
+        P and lap("matmul")
         return logits, spans
 
     @property
