@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from llmpress.compress.quantize.layers import direct_linear, fuse_linears
+from llmpress.engine import fastpath
 from llmpress.engine.sequence import Sequence
 from llmpress.errors import ConfigError, SourceError
 
@@ -42,7 +43,8 @@ class ModelRunner:
     """Holds the model and the preallocated KV tensors; `run` does one step and returns logits rows."""
 
     def __init__(self, model: Any, block_size: int = 16, kv_cache_bytes: int = 256 << 20,
-                 num_blocks: int | None = None) -> None:
+                 num_blocks: int | None = None, fast_path: bool = True) -> None:
+        """`fast_path=False` (or LLMPRESS_FASTPATH=0) keeps every step on the reference path."""
         cfg = model.config
         mtype = getattr(cfg, "model_type", "?")
         inner = getattr(model, "model", None)
@@ -95,6 +97,8 @@ class ModelRunner:
         # section; a dict accumulates seconds per section (see `lap`).
         self.prof: dict[str, float] | None = None
         self._build_fast_path()
+        # Decode-only steps run every layer in one C++ call when the model allows (engine/fastpath.py).
+        self.fast_path = fastpath.build(self) if fast_path else None
 
     # -- fast path --------------------------------------------------------------------
     def _build_fast_path(self) -> None:
@@ -103,6 +107,8 @@ class ModelRunner:
         weight bytes on a CPU; this removes ~20 of ~50 ops per layer and changes no result."""
         self.qkv: list[Any] = []
         self.gate_up: list[Any] = []
+        self.qkv_mod: list[Any] = []  # the fused modules themselves (for the C++ decoder)
+        self.gate_up_mod: list[Any] = []
         self.o_proj: list[Any] = []
         self.down: list[Any] = []
         fast = (lambda m: direct_linear(m) or m) if self.dtype == torch.float32 else (lambda m: m)
@@ -110,13 +116,16 @@ class ModelRunner:
             a, mlp = layer.self_attn, layer.mlp
             f = fuse_linears([a.q_proj, a.k_proj, a.v_proj])
             self.qkv.append(fast(f) if f is not None else None)
+            self.qkv_mod.append(f)
             ok = all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj", "act_fn"))
             f = fuse_linears([mlp.gate_proj, mlp.up_proj]) if ok else None
             self.gate_up.append(fast(f) if f is not None else None)
+            self.gate_up_mod.append(f)
             self.o_proj.append(fast(a.o_proj))
             self.down.append(fast(mlp.down_proj) if ok else None)
         self.norms = [(_rms(layer.input_layernorm), _rms(layer.post_attention_layernorm)) for layer in self.layers]
         self.final_norm = _rms(self.inner.norm)
+        self.lm_head = fast(self.model.lm_head)
 
     def _attn_in(self, li: int, x: torch.Tensor, cos: torch.Tensor,
                  sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -175,6 +184,10 @@ class ModelRunner:
         P, lap = self.prof, self.lap
         if P is not None:
             P["_t"] = time.perf_counter()
+        if self.fast_path is not None and num_decode == len(items):
+            out = self._run_fast(items)
+            if out is not None:
+                return out
         bs = self.block_size
         tokens: list[int] = []
         positions: list[int] = []
@@ -267,9 +280,42 @@ class ModelRunner:
             return torch.empty(0, 0), spans
         hs = self.final_norm(h.index_select(0, torch.tensor(rows)) if len(rows) != T else h)
         P and lap("elementwise")
-        logits = self.model.lm_head(hs).float()
+        logits = self.lm_head(hs).float()
         P and lap("matmul")
         return logits, spans
+
+    def _run_fast(self, items: list[tuple[Sequence, int]]) -> tuple[torch.Tensor, list[tuple[int, int]]] | None:
+        """A decode-only step through the C++ decoder; None when a row is not a plain one-token decode."""
+        P, lap = self.prof, self.lap
+        pos: list[int] = []
+        toks: list[int] = []
+        bts: list[list[int]] = []
+        for seq, n in items:
+            c = seq.num_computed
+            if n != 1 or c + 1 != len(seq):
+                return None
+            pos.append(c)
+            toks.append(seq.token_ids[c])
+            bts.append(seq.block_table)
+        P and lap("prep")
+        h = self.inner.embed_tokens(torch.tensor(toks, dtype=torch.long))
+        cos, sin = self.inner.rotary_emb(h, torch.tensor(pos, dtype=torch.long)[None])
+        P and lap("elementwise")
+        assert self.fast_path is not None
+        dec = self.fast_path.dec
+        if P is not None:
+            dec.set_profile(True)
+        h = self.fast_path.forward(h.float(), cos[0], sin[0], pos, bts, self.block_size)
+        if P is not None:
+            t = dec.times()
+            dec.set_profile(False)
+            for name, v in zip(("matmul", "attention", "kv_write", "elementwise"), t, strict=True):
+                P[name] = P.get(name, 0.0) + v
+            P["_t"] += sum(t)
+            lap("fused")  # the C++ call's time outside its timed sections
+        logits = self.lm_head(self.final_norm(h.to(self.dtype))).float()
+        P and lap("matmul")
+        return logits, [(i, 1) for i in range(len(items))]
 
     @property
     def kv_cache_mb(self) -> float:

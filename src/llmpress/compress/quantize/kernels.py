@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from llmpress.hardware import cpu_has_avx512
+from llmpress.hardware import cpu_flags, cpu_has_avx512
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +35,15 @@ _state: dict[str, Any] = {}
 
 
 def build_dir() -> Path:
-    """Where the kernels are built: one directory per torch version and kernels.cpp content."""
+    """Where the kernels are built: one directory per torch version, kernels.cpp content and CPU feature set
+    (the build is -march=native: a cache shared by machines with other CPUs must not hand over a binary
+    with instructions this one lacks)."""
     import torch
 
     root = Path(os.environ.get("LLMPRESS_KERNELS_DIR", Path.home() / ".cache" / "llmpress" / "kernels"))
-    digest = hashlib.sha256(Path(__file__).with_name("kernels.cpp").read_bytes()).hexdigest()[:12]
+    h = hashlib.sha256(Path(__file__).with_name("kernels.cpp").read_bytes())
+    h.update(" ".join(sorted(cpu_flags() or ())).encode())
+    digest = h.hexdigest()[:12]
     return root.expanduser() / f"torch-{torch.__version__.replace('+', '-')}-{digest}"
 
 
