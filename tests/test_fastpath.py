@@ -156,3 +156,61 @@ def test_merged_lora_is_served_fast(base):
                                                   init_lora_weights=False))
     merged = lora.merge_and_unload().eval()
     _compare(merged, tok, rtol=1e-4)
+
+
+# -- the batched sampler ---------------------------------------------------------------------------------
+def _filter_one(x: torch.Tensor, t: float, k: int, p: float, mp: float) -> torch.Tensor:
+    """The per-row reference: temperature, then top-k, min-p and top-p applied one after another."""
+    x = x / t
+    if 0 < k < x.numel():
+        x = x.masked_fill(x < torch.topk(x, k).values[-1], float("-inf"))
+    if mp > 0:
+        pr = torch.softmax(x, -1)
+        x = x.masked_fill(pr < mp * pr.max(), float("-inf"))
+    if p < 1.0:
+        sx, order = torch.sort(x, descending=True)
+        sp = torch.softmax(sx, -1)
+        x = x.scatter(0, order, sx.masked_fill(sp.cumsum(-1) - sp >= p, float("-inf")))
+    return x
+
+
+def test_batched_filter_equals_per_row_filters():
+    from llmpress.engine.sampler import filter_logits
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 300, generator=g) * 3
+    knobs = [(1.0, 0, 1.0, 0.0), (0.7, 5, 1.0, 0.0), (1.3, 0, 0.9, 0.0), (1.0, 0, 1.0, 0.2), (0.5, 40, 0.8, 0.05),
+             (2.0, 1, 0.5, 0.5)]
+    out = filter_logits(logits, *(torch.tensor([kn[j] for kn in knobs]) for j in range(4)))
+    for i, (t, k, p, mp) in enumerate(knobs):
+        ref = _filter_one(logits[i], t, k, p, mp)
+        assert torch.equal(torch.isinf(out[i]), torch.isinf(ref)), i
+        kept = ~torch.isinf(ref)
+        assert torch.allclose(out[i][kept], ref[kept])
+
+
+def test_batched_penalties_and_seeded_rows_are_independent_of_neighbours(base):
+    from llmpress.engine.sampler import apply_penalties, sample
+    from llmpress.engine.sequence import SamplingParams, Sequence
+
+    logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(1))
+    mk = [Sequence([1, 2, 3, 3], SamplingParams(repetition_penalty=2.0)),
+          Sequence([4, 5], SamplingParams(frequency_penalty=1.0, presence_penalty=0.5)),
+          Sequence([6], SamplingParams())]
+    mk[1].token_ids += [7, 7, 8]  # output tokens
+    out = apply_penalties(logits.clone(), mk)
+    exp = logits.clone()
+    for t in (1, 2, 3):
+        exp[0, t] = exp[0, t] / 2.0 if exp[0, t] > 0 else exp[0, t] * 2.0
+    exp[1, 7] -= 2 * 1.0 + 0.5
+    exp[1, 8] -= 1.0 + 0.5
+    assert torch.allclose(out, exp)
+    # a seeded row draws the same tokens alone and beside other sampled rows
+    seeded = SamplingParams(temperature=1.0, seed=11, top_p=0.9)
+    alone = Sequence([1], seeded)
+    together = Sequence([1], seeded)
+    other = Sequence([1], SamplingParams(temperature=0.7, top_k=3, seed=5))
+    x = torch.randn(2, 50, generator=torch.Generator().manual_seed(2))
+    a = [sample(x[:1].clone(), [alone])[0] for _ in range(5)]
+    b = [sample(x.clone(), [together, other])[0] for _ in range(5)]
+    assert a == b

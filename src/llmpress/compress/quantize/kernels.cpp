@@ -91,6 +91,48 @@ inline void int4_rows(const float* X, int64_t K, int64_t G, const uint8_t* q, co
   for (int i = 0; i < NR; ++i)
     for (int r = 0; r < R; ++r) Y[r * ldy + i] = _mm512_reduce_add_ps(acc[i][r]);
 }
+
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define LLMPRESS_Q8 1
+// int8 weights x int8 activations (per row, per 32-block scale xs), llama.cpp's Q8_0 x Q8_0 idea on
+// AVX512-VNNI: vpdpbusd multiplies unsigned by signed bytes, so the weight bytes are flipped to
+// w + 128 (xor 0x80) and the extra 128 * sum(xq) of each activation row (Cr) is subtracted at the end.
+inline float hsum256(__m256 v) {
+  __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  a = _mm_add_ps(a, _mm_movehl_ps(a, a));
+  a = _mm_add_ss(a, _mm_movehdup_ps(a));
+  return _mm_cvtss_f32(a);
+}
+
+template <int R, int NR>
+inline void q8_rows(const int8_t* XQ, const float* XS, const float* Cr, int64_t K, const int8_t* q, const float* s,
+                    float* Y, int64_t ldy) {
+  const int64_t NBK = K / 32;
+  __m256 acc[NR][R];
+  for (int i = 0; i < NR; ++i)
+    for (int r = 0; r < R; ++r) acc[i][r] = _mm256_setzero_ps();
+  const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
+  for (int64_t b = 0; b < NBK; ++b) {
+    __m256i x[R];
+    __m256 xs[R];
+    for (int r = 0; r < R; ++r) {
+      x[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(XQ + r * K + b * 32));
+      xs[r] = _mm256_set1_ps(XS[r * NBK + b]);
+    }
+    if ((b & 1) == 0)
+      for (int i = 0; i < NR; ++i) _mm_prefetch((const char*)(q + (2 * NR + i) * K + b * 32), _MM_HINT_T0);
+    for (int i = 0; i < NR; ++i) {
+      const __m256i w = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + i * K + b * 32)), flip);
+      for (int r = 0; r < R; ++r) {
+        const __m256i d = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, x[r]);
+        acc[i][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), xs[r], acc[i][r]);
+      }
+    }
+  }
+  for (int i = 0; i < NR; ++i)
+    for (int r = 0; r < R; ++r) Y[r * ldy + i] = (hsum256(acc[i][r]) - Cr[r]) * s[i];
+}
+#endif
 #else
 template <int R, int NR>
 inline void int8_rows(const float* X, int64_t K, const int8_t* q, const float* s, float* Y, int64_t ldy) {
@@ -165,6 +207,10 @@ void check_x(const torch::Tensor& x, int64_t K) {
 
 }  // namespace
 
+#ifdef LLMPRESS_Q8
+static int64_t q8_min_rows = 0;
+#endif
+
 torch::Tensor int8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor s) {
   TORCH_CHECK(q.scalar_type() == torch::kInt8 && q.is_contiguous(), "q must be contiguous int8 [N, K]");
   TORCH_CHECK(s.scalar_type() == torch::kFloat32 && s.is_contiguous(), "s must be contiguous float32 [N]");
@@ -178,10 +224,57 @@ torch::Tensor int8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor s) {
   const int8_t* Q = q.data_ptr<int8_t>();
   const float* S = s.data_ptr<float>();
   float* Y = y.data_ptr<float>();
+#ifdef LLMPRESS_Q8
+  if (q8_min_rows > 0 && M >= q8_min_rows && K % 32 == 0) {
+    // activations to int8 per row and 32-block (scale = absmax / 127), then integer dot products
+    const int64_t NBK = K / 32;
+    std::vector<int8_t> xq(M * K);
+    std::vector<float> xs(M * NBK), cr(M, 0.f);
+    at::parallel_for(0, M, 1, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        double c = 0.0;
+        for (int64_t b = 0; b < NBK; ++b) {
+          const float* xb = X + r * K + b * 32;
+          float amax = 0.f;
+          for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(xb[j]));
+          const float sc = amax / 127.f, inv = amax > 0.f ? 127.f / amax : 0.f;
+          int sum = 0;
+          for (int j = 0; j < 32; ++j) {
+            const int v = static_cast<int>(std::nearbyint(xb[j] * inv));
+            xq[r * K + b * 32 + j] = static_cast<int8_t>(v);
+            sum += v;
+          }
+          xs[r * NBK + b] = sc;
+          c += 128.0 * sc * sum;
+        }
+        cr[r] = static_cast<float>(c);
+      }
+    });
+    const int8_t* XQ = xq.data();
+    const float* XS = xs.data();
+    const float* CR = cr.data();
+    for_blocks(N, M, [&](int64_t n, int64_t m0, auto R, auto NR) {
+      q8_rows<decltype(R)::value, decltype(NR)::value>(XQ + m0 * K, XS + m0 * NBK, CR + m0, K, Q + n * K, S + n,
+                                                       Y + m0 * N + n, N);
+    });
+    return y;
+  }
+#endif
   for_blocks(N, M, [&](int64_t n, int64_t m0, auto R, auto NR) {
     int8_rows<decltype(R)::value, decltype(NR)::value>(X + m0 * K, K, Q + n * K, S + n, Y + m0 * N + n, N);
   });
   return y;
+}
+
+// Batched int8 x int8 (VNNI) from this many activation rows; 0 = off. Set from Python (kernels.py).
+int64_t set_q8_min_rows(int64_t rows) {
+#ifdef LLMPRESS_Q8
+  q8_min_rows = rows;
+  return rows;
+#else
+  (void)rows;
+  return 0;
+#endif
 }
 
 torch::Tensor int4_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scales, torch::Tensor mins,
@@ -489,6 +582,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("int8_linear", &int8_linear, "y = x @ (q * s[:, None]).T for int8 q, float32 x");
   m.def("int4_linear", &int4_linear, "y = x @ dequant(q).T for 4-bit codes in 32-blocks, float32 x");
   m.def("vectorized", &vectorized, "true when built with AVX-512");
+  m.def("set_q8_min_rows", &set_q8_min_rows, "int8 x int8 VNNI from this many rows (0 off); returns the setting, 0 without VNNI");
   pybind11::class_<fast::Decoder>(m, "Decoder")
       .def(pybind11::init<int64_t>())
       .def("add_layer", &fast::Decoder::add_layer)

@@ -108,8 +108,30 @@ def get() -> Any:
                             "slower for float32 activations. Install a C++ compiler and `ninja` to enable them.",
                             str(e).splitlines()[0] if str(e) else type(e).__name__)
                 mod = None
+        if mod is not None:
+            mod.set_q8_min_rows(q8_min_rows())
         _state["mod"] = mod
         return mod
+
+
+# Batched int8-weight-only matmuls from this many activation rows quantize the activations to int8
+# (per row, per 32-block) and use AVX512-VNNI integer dot products, where the CPU has them (decided at
+# build time: the build is -march=native and its directory is keyed by the CPU flags). Below it, and
+# without VNNI, the float32-activation kernel runs. LLMPRESS_Q8=0 turns it off, LLMPRESS_Q8=N moves it.
+Q8_DEFAULT_MIN_ROWS = 8
+
+
+def q8_min_rows() -> int:
+    raw = os.environ.get("LLMPRESS_Q8", "").strip().lower()
+    if raw in ("0", "off", "false", "no"):
+        return 0
+    return int(raw) if raw.isdigit() else Q8_DEFAULT_MIN_ROWS
+
+
+def set_q8_min_rows(rows: int) -> int:
+    """Set the VNNI threshold at run time (0 = off); returns what the kernels took (0 without VNNI)."""
+    mod = get()
+    return int(mod.set_q8_min_rows(int(rows))) if mod is not None else 0
 
 
 def available() -> bool:
