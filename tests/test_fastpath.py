@@ -15,8 +15,7 @@ import logging
 import pytest
 import torch
 
-from llmpress.engine import LLM, EngineConfig, LLMEngine, SamplingParams
-from llmpress.engine import fastpath
+from llmpress.engine import LLM, EngineConfig, LLMEngine, SamplingParams, fastpath
 
 PROMPTS = [[1, 5, 9, 13, 200, 7, 42], [3, 4], list(range(100, 140)), [11] * 17, [2, 99, 250, 7, 7, 7, 8, 1000]]
 
