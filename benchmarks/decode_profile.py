@@ -124,6 +124,35 @@ def profile_batch(llm: Any, prompts: list[list[int]], new_tokens: int, repeats: 
             "per_token_ms": ms.get("total", 0.0) / len(prompts), "sections_ms": ms, "categories_ms": cats}
 
 
+def q8_quality(src: Any, max_tokens: int) -> list[dict[str, Any]]:
+    """The VNNI gate: perplexity of int8-weight-only through the scheme's current path (float GEMM on the
+    dequantized weight for long inputs), through our kernel with float32 activations, and through the
+    kernel with int8 activations (VNNI), every matmul forced onto the kernel."""
+    from llmpress.compress.quantize import kernels, layers
+    from llmpress.data import load_corpus
+    from llmpress.evaluate.quality import perplexity
+
+    model, tok = load_variant(src, "int8-weight-only")
+    texts = load_corpus("builtin:pydoc").eval
+    rows = []
+    keep = layers.KERNEL_MAX_ROWS
+    for label, kernel_rows, q8 in (("current path", keep, 0), ("kernel, float32 activations", 10**9, 0),
+                                   ("kernel, int8 activations (VNNI)", 10**9, 8)):
+        layers.KERNEL_MAX_ROWS = kernel_rows
+        got = kernels.set_q8_min_rows(q8)
+        t = time.perf_counter()
+        q = perplexity(model, tok, texts, max_tokens=max_tokens)
+        rows.append({"path": label, "q8_min_rows": got, "perplexity": q["perplexity"], "tokens": q["tokens"],
+                     "seconds": time.perf_counter() - t})
+        print(rows[-1], flush=True)
+    layers.KERNEL_MAX_ROWS = keep
+    kernels.set_q8_min_rows(kernels.q8_min_rows())
+    base = rows[0]["perplexity"]
+    for r in rows:
+        r["delta_pct"] = 100 * (r["perplexity"] / base - 1)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="builtin:smollm2-135m")
@@ -134,6 +163,9 @@ def main() -> None:
     ap.add_argument("--label", default="before", help="results file suffix: decode_profile_<label>.*")
     ap.add_argument("--note", default="", help="a line for the markdown (e.g. 'machine shared, noisy')")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    ap.add_argument("--quality", action="store_true",
+                    help="only the VNNI quality gate: int8-weight-only perplexity with and without int8 activations")
+    ap.add_argument("--eval-tokens", type=int, default=4096)
     args = ap.parse_args()
 
     import torch
@@ -145,6 +177,20 @@ def main() -> None:
     from llmpress.sources import resolve
 
     src = resolve(args.model)
+    if args.quality:
+        qrows = q8_quality(src, args.eval_tokens)
+        res = {"model": args.model, "eval_tokens": args.eval_tokens, "machine": machine_info(), "rows": qrows}
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "decode_profile_q8_quality.json").write_text(json.dumps(res, indent=2))
+        md = [f"# VNNI quality gate: int8-weight-only {args.model}", "",
+              f"Perplexity on {qrows[0]['tokens']} builtin:pydoc eval tokens (window 512, stride 256); gate: "
+              "within 0.1 % of the current path.", "",
+              markdown_table(["path", "perplexity", "Δ %", "seconds"],
+                             [[r["path"], r["perplexity"], r["delta_pct"], r["seconds"]] for r in qrows], digits=4)]
+        (out / "decode_profile_q8_quality.md").write_text("\n".join(md) + "\n")
+        print("\n".join(md))
+        return
     batches = [int(b) for b in args.batches.split(",")]
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()

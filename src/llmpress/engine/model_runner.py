@@ -9,7 +9,9 @@ are read per layer, from the modules) and merged LoRA.
 
 from __future__ import annotations
 
+import mmap
 import time
+import warnings
 from typing import Any
 
 import torch
@@ -32,6 +34,21 @@ def _rms(norm: Any) -> Any:
         return norm
     shape = (w.shape[-1],)
     return lambda x: F.rms_norm(x, shape, w, eps)
+
+
+def _lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """Zeros in anonymous mmap pages: the OS hands out zero pages on first write, so the KV budget
+    becomes resident as requests fill it instead of at start (torch.zeros writes every page)."""
+    n = 1
+    for d in shape:
+        n *= d
+    nbytes = n * torch.tensor([], dtype=dtype).element_size()
+    if nbytes < 1 << 20:
+        return torch.zeros(shape, dtype=dtype)
+    buf = mmap.mmap(-1, nbytes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.frombuffer(buf, dtype=dtype).view(shape)  # the tensor keeps `buf` alive
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -91,8 +108,8 @@ class ModelRunner:
         self.num_blocks = int(num_blocks)
         # Preallocated once: [slots, kv_heads, head_dim] per layer, slot = block * block_size + offset.
         n_slots = self.num_blocks * block_size
-        self.k_cache = [torch.zeros(n_slots, n, self.head_dim, dtype=self.dtype) for n in self.n_kv]
-        self.v_cache = [torch.zeros(n_slots, n, self.head_dim, dtype=self.dtype) for n in self.n_kv]
+        self.k_cache = [_lazy_zeros((n_slots, n, self.head_dim), self.dtype) for n in self.n_kv]
+        self.v_cache = [_lazy_zeros((n_slots, n, self.head_dim), self.dtype) for n in self.n_kv]
         # Section timers for benchmarks/decode_profile.py: None (off) costs one `P and ...` test per
         # section; a dict accumulates seconds per section (see `lap`).
         self.prof: dict[str, float] | None = None

@@ -10,8 +10,11 @@
 //
 // Layouts (built by the Python side from the stored, portable format):
 //   int8: q int8 [N, K], s float32 [N]                      y = s[n] * sum_k x[k] q[n,k]
-//   int4: q uint8 [N, K/2], per 32-element block byte j holds code j (low nibble) and code
-//         j+16 (high nibble); scales, mins float32 [N, K/G]   w = code * scale + min
+//   int4: q uint8 [N, K/2] as stored (byte j: code 2j low nibble, code 2j+1 high nibble), scales,
+//         mins float16 [N, K/G] as stored; w = code * scale + min. The kernel reads the stored
+//         tensors themselves (no repacked copy in memory); it pairs the low nibbles of a 32-block
+//         with its even activations and the high ones with its odd activations, which it gets by
+//         de-interleaving each activation row once per call.
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -54,7 +57,7 @@ inline void int8_rows(const float* X, int64_t K, const int8_t* q, const float* s
 }
 
 template <int R, int NR>
-inline void int4_rows(const float* X, int64_t K, int64_t G, const uint8_t* q, const float* sc, const float* mn,
+inline void int4_rows(const float* X, int64_t K, int64_t G, const uint8_t* q, const at::Half* sc, const at::Half* mn,
                       float* Y, int64_t ldy) {
   const int64_t NG = K / G;
   __m512 acc[NR][R];
@@ -64,8 +67,8 @@ inline void int4_rows(const float* X, int64_t K, int64_t G, const uint8_t* q, co
   for (int64_t g0 = 0; g0 < K; g0 += G) {
     __m512 vs[NR], vm[NR];
     for (int i = 0; i < NR; ++i) {
-      vs[i] = _mm512_set1_ps(sc[i * NG + g0 / G]);
-      vm[i] = _mm512_set1_ps(mn[i * NG + g0 / G]);
+      vs[i] = _mm512_set1_ps(static_cast<float>(sc[i * NG + g0 / G]));
+      vm[i] = _mm512_set1_ps(static_cast<float>(mn[i * NG + g0 / G]));
     }
     for (int64_t k = g0; k < g0 + G; k += 32) {
       if ((k & 127) == 0)
@@ -145,7 +148,7 @@ inline void int8_rows(const float* X, int64_t K, const int8_t* q, const float* s
 }
 
 template <int R, int NR>
-inline void int4_rows(const float* X, int64_t K, int64_t G, const uint8_t* q, const float* sc, const float* mn,
+inline void int4_rows(const float* X, int64_t K, int64_t G, const uint8_t* q, const at::Half* sc, const at::Half* mn,
                       float* Y, int64_t ldy) {
   const int64_t NG = K / G;
   for (int i = 0; i < NR; ++i)
@@ -154,7 +157,7 @@ inline void int4_rows(const float* X, int64_t K, int64_t G, const uint8_t* q, co
       for (int64_t k = 0; k < K; k += 32)
         for (int j = 0; j < 16; ++j) {
           uint8_t b = q[i * (K / 2) + k / 2 + j];
-          float s = sc[i * NG + k / G], m = mn[i * NG + k / G];
+          float s = static_cast<float>(sc[i * NG + k / G]), m = static_cast<float>(mn[i * NG + k / G]);
           a += X[r * K + k + j] * (float(b & 0x0F) * s + m) + X[r * K + k + 16 + j] * (float(b >> 4) * s + m);
         }
       Y[r * ldy + i] = a;
@@ -282,17 +285,27 @@ torch::Tensor int4_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scales
   TORCH_CHECK(q.scalar_type() == torch::kUInt8 && q.is_contiguous(), "q must be contiguous uint8 [N, K/2]");
   const int64_t N = q.size(0), K = q.size(1) * 2;
   TORCH_CHECK(group % 32 == 0 && K % group == 0, "group must be a multiple of 32 dividing K");
-  TORCH_CHECK(scales.scalar_type() == torch::kFloat32 && mins.scalar_type() == torch::kFloat32 &&
+  TORCH_CHECK(scales.scalar_type() == torch::kHalf && mins.scalar_type() == torch::kHalf &&
                   scales.is_contiguous() && mins.is_contiguous() && scales.size(1) == K / group,
-              "scales / mins must be contiguous float32 [N, K/group]");
+              "scales / mins must be contiguous float16 [N, K/group]");
   check_x(x, K);
   x = x.contiguous();
   const int64_t M = x.size(0), NG = K / group;
   auto y = torch::empty({M, N}, x.options());
-  const float* X = x.data_ptr<float>();
+  // de-interleave each 32-block of the activations: evens first (low nibbles), then odds (high nibbles)
+  auto xp = torch::empty({M, K}, x.options());
+  const float* X0 = x.data_ptr<float>();
+  float* XP = xp.data_ptr<float>();
+  for (int64_t r = 0; r < M; ++r)
+    for (int64_t k = 0; k < K; k += 32)
+      for (int j = 0; j < 16; ++j) {
+        XP[r * K + k + j] = X0[r * K + k + 2 * j];
+        XP[r * K + k + 16 + j] = X0[r * K + k + 2 * j + 1];
+      }
+  const float* X = XP;
   const uint8_t* Q = q.data_ptr<uint8_t>();
-  const float* SC = scales.data_ptr<float>();
-  const float* MN = mins.data_ptr<float>();
+  const at::Half* SC = scales.data_ptr<at::Half>();
+  const at::Half* MN = mins.data_ptr<at::Half>();
   float* Y = y.data_ptr<float>();
   for_blocks(N, M, [&](int64_t n, int64_t m0, auto R, auto NR) {
     int4_rows<decltype(R)::value, decltype(NR)::value>(X + m0 * K, K, group, Q + n * (K / 2), SC + n * NG,
