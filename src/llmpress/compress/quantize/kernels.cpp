@@ -95,45 +95,39 @@ inline void int4_rows(const float* X, int64_t K, int64_t G, const uint8_t* q, co
     for (int r = 0; r < R; ++r) Y[r * ldy + i] = _mm512_reduce_add_ps(acc[i][r]);
 }
 
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#if defined(__AVX512VNNI__)
 #define LLMPRESS_Q8 1
 // int8 weights x int8 activations (per row, per 32-block scale xs), llama.cpp's Q8_0 x Q8_0 idea on
 // AVX512-VNNI: vpdpbusd multiplies unsigned by signed bytes, so the weight bytes are flipped to
 // w + 128 (xor 0x80) and the extra 128 * sum(xq) of each activation row (Cr) is subtracted at the end.
-inline float hsum256(__m256 v) {
-  __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  a = _mm_add_ps(a, _mm_movehl_ps(a, a));
-  a = _mm_add_ss(a, _mm_movehdup_ps(a));
-  return _mm_cvtss_f32(a);
-}
-
 template <int R, int NR>
-inline void q8_rows(const int8_t* XQ, const float* XS, const float* Cr, int64_t K, const int8_t* q, const float* s,
+inline void q8_rows(const int8_t* XQ, const float* XSV, const float* Cr, int64_t K, const int8_t* q, const float* s,
                     float* Y, int64_t ldy) {
-  const int64_t NBK = K / 32;
-  __m256 acc[NR][R];
+  // one zmm = two 32-blocks: vpdpbusd's lanes 0-7 sum block 2p, lanes 8-15 block 2p+1, so one
+  // per-lane scale vector (XSV, built once per call) scales both; one float conversion per 64 bytes
+  const int64_t NP = K / 64;
+  __m512 acc[NR][R];
   for (int i = 0; i < NR; ++i)
-    for (int r = 0; r < R; ++r) acc[i][r] = _mm256_setzero_ps();
-  const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
-  for (int64_t b = 0; b < NBK; ++b) {
-    __m256i x[R];
-    __m256 xs[R];
+    for (int r = 0; r < R; ++r) acc[i][r] = _mm512_setzero_ps();
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  for (int64_t p = 0; p < NP; ++p) {
+    __m512i x[R];
+    __m512 xs[R];
     for (int r = 0; r < R; ++r) {
-      x[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(XQ + r * K + b * 32));
-      xs[r] = _mm256_set1_ps(XS[r * NBK + b]);
+      x[r] = _mm512_loadu_si512(reinterpret_cast<const void*>(XQ + r * K + p * 64));
+      xs[r] = _mm512_loadu_ps(XSV + (r * NP + p) * 16);
     }
-    if ((b & 1) == 0)
-      for (int i = 0; i < NR; ++i) _mm_prefetch((const char*)(q + (2 * NR + i) * K + b * 32), _MM_HINT_T0);
+    for (int i = 0; i < NR; ++i) _mm_prefetch((const char*)(q + (2 * NR + i) * K + p * 64), _MM_HINT_T0);
     for (int i = 0; i < NR; ++i) {
-      const __m256i w = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + i * K + b * 32)), flip);
+      const __m512i w = _mm512_xor_si512(_mm512_loadu_si512(reinterpret_cast<const void*>(q + i * K + p * 64)), flip);
       for (int r = 0; r < R; ++r) {
-        const __m256i d = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, x[r]);
-        acc[i][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), xs[r], acc[i][r]);
+        const __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, x[r]);
+        acc[i][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), xs[r], acc[i][r]);
       }
     }
   }
   for (int i = 0; i < NR; ++i)
-    for (int r = 0; r < R; ++r) Y[r * ldy + i] = (hsum256(acc[i][r]) - Cr[r]) * s[i];
+    for (int r = 0; r < R; ++r) Y[r * ldy + i] = (_mm512_reduce_add_ps(acc[i][r]) - Cr[r]) * s[i];
 }
 #endif
 #else
@@ -228,11 +222,11 @@ torch::Tensor int8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor s) {
   const float* S = s.data_ptr<float>();
   float* Y = y.data_ptr<float>();
 #ifdef LLMPRESS_Q8
-  if (q8_min_rows > 0 && M >= q8_min_rows && K % 32 == 0) {
+  if (q8_min_rows > 0 && M >= q8_min_rows && K % 64 == 0) {
     // activations to int8 per row and 32-block (scale = absmax / 127), then integer dot products
     const int64_t NBK = K / 32;
     std::vector<int8_t> xq(M * K);
-    std::vector<float> xs(M * NBK), cr(M, 0.f);
+    std::vector<float> xsv(M * NBK * 8), cr(M, 0.f);
     at::parallel_for(0, M, 1, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         double c = 0.0;
@@ -247,17 +241,17 @@ torch::Tensor int8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor s) {
             xq[r * K + b * 32 + j] = static_cast<int8_t>(v);
             sum += v;
           }
-          xs[r * NBK + b] = sc;
+          for (int j = 0; j < 8; ++j) xsv[(r * NBK + b) * 8 + j] = sc;  // lanes of this block in its zmm
           c += 128.0 * sc * sum;
         }
         cr[r] = static_cast<float>(c);
       }
     });
     const int8_t* XQ = xq.data();
-    const float* XS = xs.data();
+    const float* XS = xsv.data();
     const float* CR = cr.data();
     for_blocks(N, M, [&](int64_t n, int64_t m0, auto R, auto NR) {
-      q8_rows<decltype(R)::value, decltype(NR)::value>(XQ + m0 * K, XS + m0 * NBK, CR + m0, K, Q + n * K, S + n,
+      q8_rows<decltype(R)::value, decltype(NR)::value>(XQ + m0 * K, XS + m0 * NBK * 8, CR + m0, K, Q + n * K, S + n,
                                                        Y + m0 * N + n, N);
     });
     return y;
