@@ -217,8 +217,9 @@ def test_batched_penalties_and_seeded_rows_are_independent_of_neighbours(base):
 
 # -- int8 activations on VNNI ---------------------------------------------------------------------------
 def test_vnni_int8_path_computes_the_q8_function():
-    """With VNNI, int8 x int8 from 8 rows: activations per row and 32-block to int8 (absmax / 127); the
-    result equals that function computed in float64 here, and stays near the float32-activation result."""
+    """With VNNI, the fused decoder's int8 x int8 from 8 rows: activations per row and 32-block to int8
+    (absmax / 127); the result equals that function computed in float64 here, and stays near the
+    float32-activation result (what the modules compute)."""
     from llmpress.compress.quantize import kernels
     from llmpress.compress.quantize.layers import int8_per_channel
 
@@ -230,12 +231,8 @@ def test_vnni_int8_path_computes_the_q8_function():
     q, s = int8_per_channel(w)
     x = torch.randn(12, 576, generator=g)
     x[:, 7] *= 40  # an outlier channel, as real activations have
-    try:
-        y8 = kern.int8_linear(x, q, s)
-        kernels.set_q8_min_rows(0)
-        yf = kern.int8_linear(x, q, s)
-    finally:
-        kernels.set_q8_min_rows(kernels.q8_min_rows())
+    y8 = kern.int8_linear(x, q, s, 8)
+    yf = kern.int8_linear(x, q, s)  # the modules' call: exact float32 at any row count
     xb = x.double().view(12, -1, 32)
     xs = xb.abs().amax(-1, keepdim=True) / 127
     xq = torch.round(xb / xs).view(12, 576) * xs.repeat_interleave(32, -1).view(12, 576)
@@ -243,4 +240,4 @@ def test_vnni_int8_path_computes_the_q8_function():
     assert torch.allclose(y8.double(), ref, rtol=1e-4, atol=1e-3 * ref.abs().max().item())
     assert not torch.allclose(y8, yf)  # really a different path
     assert (y8 - yf).abs().max() <= 0.02 * yf.abs().max()
-    assert torch.allclose(kern.int8_linear(x[:4], q, s), yf[:4], rtol=1e-5, atol=1e-4)  # below 8 rows: float32
+    assert torch.allclose(kern.int8_linear(x[:4], q, s, 8), yf[:4], rtol=1e-5, atol=1e-4)  # below 8 rows: float32

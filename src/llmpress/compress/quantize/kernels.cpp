@@ -204,11 +204,11 @@ void check_x(const torch::Tensor& x, int64_t K) {
 
 }  // namespace
 
-#ifdef LLMPRESS_Q8
 static int64_t q8_min_rows = 0;
-#endif
+inline int64_t q8_threshold() { return q8_min_rows; }
 
-torch::Tensor int8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor s) {
+// q8_rows > 0: from that many activation rows, int8 activations on VNNI (where built); 0: exact float32.
+torch::Tensor int8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor s, int64_t q8_rows) {
   TORCH_CHECK(q.scalar_type() == torch::kInt8 && q.is_contiguous(), "q must be contiguous int8 [N, K]");
   TORCH_CHECK(s.scalar_type() == torch::kFloat32 && s.is_contiguous(), "s must be contiguous float32 [N]");
   const int64_t N = q.size(0), K = q.size(1);
@@ -222,7 +222,7 @@ torch::Tensor int8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor s) {
   const float* S = s.data_ptr<float>();
   float* Y = y.data_ptr<float>();
 #ifdef LLMPRESS_Q8
-  if (q8_min_rows > 0 && M >= q8_min_rows && K % 64 == 0) {
+  if (q8_rows > 0 && M >= q8_rows && K % 64 == 0) {
     // activations to int8 per row and 32-block (scale = absmax / 127), then integer dot products
     const int64_t NBK = K / 32;
     std::vector<int8_t> xq(M * K);
@@ -263,7 +263,7 @@ torch::Tensor int8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor s) {
   return y;
 }
 
-// Batched int8 x int8 (VNNI) from this many activation rows; 0 = off. Set from Python (kernels.py).
+// The fused decoder's batched int8 x int8 (VNNI) threshold; 0 = off. Set from Python (kernels.py).
 int64_t set_q8_min_rows(int64_t rows) {
 #ifdef LLMPRESS_Q8
   q8_min_rows = rows;
@@ -342,7 +342,7 @@ Lin make_lin(const LinSpec& t) {
 torch::Tensor apply(const Lin& l, const torch::Tensor& x) {
   torch::Tensor y;
   if (l.kind == 1) {
-    y = int8_linear(x, l.w, l.s);
+    y = int8_linear(x, l.w, l.s, q8_threshold());
   } else if (l.kind == 2) {
     y = int4_linear(x, l.w, l.s, l.m, l.group);
   } else if (l.w.scalar_type() == torch::kFloat32) {
@@ -586,7 +586,8 @@ bool vectorized() {
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("int8_linear", &int8_linear, "y = x @ (q * s[:, None]).T for int8 q, float32 x");
+  m.def("int8_linear", &int8_linear, pybind11::arg("x"), pybind11::arg("q"), pybind11::arg("s"),
+        pybind11::arg("q8_rows") = 0, "y = x @ (q * s[:, None]).T for int8 q, float32 x");
   m.def("int4_linear", &int4_linear, "y = x @ dequant(q).T for 4-bit codes in 32-blocks, float32 x");
   m.def("vectorized", &vectorized, "true when built with AVX-512");
   m.def("set_q8_min_rows", &set_q8_min_rows, "int8 x int8 VNNI from this many rows (0 off); returns the setting, 0 without VNNI");

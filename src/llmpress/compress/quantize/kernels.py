@@ -114,10 +114,11 @@ def get() -> Any:
         return mod
 
 
-# Batched int8-weight-only matmuls from this many activation rows quantize the activations to int8
-# (per row, per 32-block) and use AVX512-VNNI integer dot products, where the CPU has them (decided at
-# build time: the build is -march=native and its directory is keyed by the CPU flags). Below it, and
-# without VNNI, the float32-activation kernel runs. LLMPRESS_Q8=0 turns it off, LLMPRESS_Q8=N moves it.
+# The fused decoder's (engine/fastpath.py) int8-weight-only matmuls with at least this many rows quantize
+# the activations to int8 (per row, per 32-block, like llama.cpp's Q8_0) and use AVX512-VNNI integer dot
+# products, where the CPU has them (decided at build time: the build is -march=native and its directory
+# is keyed by the CPU flags). Below it, without VNNI, and in the modules' own forward (exact float32
+# dot products), the float32-activation kernel runs. LLMPRESS_Q8=0 turns it off, LLMPRESS_Q8=N moves it.
 Q8_DEFAULT_MIN_ROWS = 8
 
 
