@@ -176,6 +176,8 @@ def main() -> None:
     ap.add_argument("--quality", action="store_true",
                     help="only the VNNI quality gate: int8-weight-only perplexity with and without int8 activations")
     ap.add_argument("--eval-tokens", type=int, default=4096)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: torch's); 1 gives steadier numbers on a contended machine")
     args = ap.parse_args()
 
     import torch
@@ -186,6 +188,8 @@ def main() -> None:
     from llmpress.report.tables import markdown_table
     from llmpress.sources import resolve
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     src = resolve(args.model)
     if args.quality:
         qrows = q8_quality(src, args.eval_tokens)

@@ -207,8 +207,8 @@ void check_x(const torch::Tensor& x, int64_t K) {
 static int64_t q8_min_rows = 0;
 inline int64_t q8_threshold() { return q8_min_rows; }
 
-// q8_rows > 0: from that many activation rows, int8 activations on VNNI (where built); 0: exact float32.
-torch::Tensor int8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor s, int64_t q8_rows) {
+// q8_from > 0: from that many activation rows, int8 activations on VNNI (where built); 0: exact float32.
+torch::Tensor int8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor s, int64_t q8_from) {
   TORCH_CHECK(q.scalar_type() == torch::kInt8 && q.is_contiguous(), "q must be contiguous int8 [N, K]");
   TORCH_CHECK(s.scalar_type() == torch::kFloat32 && s.is_contiguous(), "s must be contiguous float32 [N]");
   const int64_t N = q.size(0), K = q.size(1);
@@ -222,7 +222,7 @@ torch::Tensor int8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor s, int
   const float* S = s.data_ptr<float>();
   float* Y = y.data_ptr<float>();
 #ifdef LLMPRESS_Q8
-  if (q8_rows > 0 && M >= q8_rows && K % 64 == 0) {
+  if (q8_from > 0 && M >= q8_from && K % 64 == 0) {
     // activations to int8 per row and 32-block (scale = absmax / 127), then integer dot products
     const int64_t NBK = K / 32;
     std::vector<int8_t> xq(M * K);
@@ -587,7 +587,7 @@ bool vectorized() {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("int8_linear", &int8_linear, pybind11::arg("x"), pybind11::arg("q"), pybind11::arg("s"),
-        pybind11::arg("q8_rows") = 0, "y = x @ (q * s[:, None]).T for int8 q, float32 x");
+        pybind11::arg("q8_from") = 0, "y = x @ (q * s[:, None]).T for int8 q, float32 x");
   m.def("int4_linear", &int4_linear, "y = x @ dequant(q).T for 4-bit codes in 32-blocks, float32 x");
   m.def("vectorized", &vectorized, "true when built with AVX-512");
   m.def("set_q8_min_rows", &set_q8_min_rows, "int8 x int8 VNNI from this many rows (0 off); returns the setting, 0 without VNNI");
