@@ -138,7 +138,7 @@ def q8_quality(src: Any, max_tokens: int) -> list[dict[str, Any]]:
     cls = layers.Int8WeightOnlyLinear
     kern = kernels.get()
     orig = cls.forward
-    on = kernels.q8_min_rows() or kernels.Q8_DEFAULT_MIN_ROWS
+    on = kernels.q8_min_rows() or 8
 
     def through_kernel(q8: int) -> Any:
         def forward(self: Any, x: Any) -> Any:  # every row count on the kernel, as the fused decoder calls it

@@ -118,14 +118,19 @@ def get() -> Any:
 # the activations to int8 (per row, per 32-block, like llama.cpp's Q8_0) and use AVX512-VNNI integer dot
 # products, where the CPU has them (decided at build time: the build is -march=native and its directory
 # is keyed by the CPU flags). Below it, without VNNI, and in the modules' own forward (exact float32
-# dot products), the float32-activation kernel runs. LLMPRESS_Q8=0 turns it off, LLMPRESS_Q8=N moves it.
-Q8_DEFAULT_MIN_ROWS = 8
+# dot products), the float32-activation kernel runs.
+# OFF by default: it failed its quality gate. Measured on SmolLM2-135M int8-weight-only
+# (benchmarks/results/decode_profile_q8_quality.md): perplexity +0.30 % against the 0.1 % allowed, for
+# ~1.3x on a batch-32 matmul (576x1536, one thread). LLMPRESS_Q8=N turns it on from N rows.
+Q8_DEFAULT_MIN_ROWS = 0
 
 
 def q8_min_rows() -> int:
     raw = os.environ.get("LLMPRESS_Q8", "").strip().lower()
     if raw in ("0", "off", "false", "no"):
         return 0
+    if raw in ("1", "on", "true", "yes"):
+        return 8
     return int(raw) if raw.isdigit() else Q8_DEFAULT_MIN_ROWS
 
 
