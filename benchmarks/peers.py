@@ -194,14 +194,24 @@ def w_llamacpp(gguf: str, d: dict[str, Any], a: argparse.Namespace) -> dict[str,
 
     maxb = max(a.batches)
     t = time.perf_counter()
-    llm = L.Llama(model_path=gguf, n_ctx=maxb * (PROMPT_TOKENS + NEW_TOKENS + 8) + WINDOW, n_batch=2048,
-                  n_ubatch=512, n_threads=a.threads, n_threads_batch=a.threads, n_seq_max=maxb, logits_all=False,
-                  verbose=False, kv_unified=True) if "kv_unified" in L.Llama.__init__.__code__.co_varnames else \
-        L.Llama(model_path=gguf, n_ctx=maxb * (PROMPT_TOKENS + NEW_TOKENS + 8) + WINDOW, n_batch=2048,
-                n_threads=a.threads, n_threads_batch=a.threads, n_seq_max=maxb, verbose=False)
+    # the low-level API: llama-cpp-python's Llama() cannot set n_seq_max, which batched decoding needs
+    L.llama_backend_init()
+    mparams = L.llama_model_default_params()
+    model = L.llama_model_load_from_file(gguf.encode(), mparams)
+    if not model:
+        raise RuntimeError(f"llama.cpp could not load {gguf}")
+    cparams = L.llama_context_default_params()
+    cparams.n_ctx = maxb * (PROMPT_TOKENS + NEW_TOKENS + 8) + WINDOW
+    cparams.n_batch, cparams.n_ubatch = 4096, 512  # one call takes a whole batch; llama.cpp default micro-batch
+    cparams.n_seq_max = maxb
+    cparams.n_threads = cparams.n_threads_batch = a.threads
+    if hasattr(cparams, "kv_unified"):
+        cparams.kv_unified = True
+    ctx = L.llama_init_from_model(model, cparams)
+    if not ctx:
+        raise RuntimeError("llama.cpp could not create a context")
     rss, load_s = rss_mb(), time.perf_counter() - t
-    ctx = llm.ctx
-    vocab = llm.n_vocab()
+    vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(model))
     batch = L.llama_batch_init(4096, 0, maxb)
     mem = L.llama_get_memory(ctx) if hasattr(L, "llama_get_memory") else None
 
