@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from llmpress.compress.quantize.layers import direct_linear, fuse_linears
+from llmpress.compress.quantize.storage import trim_heap
 from llmpress.engine import fastpath
 from llmpress.engine.sequence import Sequence
 from llmpress.errors import ConfigError, SourceError
@@ -116,6 +117,7 @@ class ModelRunner:
         self._build_fast_path()
         # Decode-only steps run every layer in one C++ call when the model allows (engine/fastpath.py).
         self.fast_path = fastpath.build(self) if fast_path else None
+        trim_heap()
 
     # -- fast path --------------------------------------------------------------------
     def _build_fast_path(self) -> None:
