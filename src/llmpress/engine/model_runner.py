@@ -9,12 +9,17 @@ are read per layer, from the modules) and merged LoRA.
 
 from __future__ import annotations
 
+import mmap
+import time
+import warnings
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from llmpress.compress.quantize.layers import direct_linear, fuse_linears
+from llmpress.compress.quantize.storage import trim_heap
+from llmpress.engine import fastpath
 from llmpress.engine.sequence import Sequence
 from llmpress.errors import ConfigError, SourceError
 
@@ -32,6 +37,21 @@ def _rms(norm: Any) -> Any:
     return lambda x: F.rms_norm(x, shape, w, eps)
 
 
+def _lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """Zeros in anonymous mmap pages: the OS hands out zero pages on first write, so the KV budget
+    becomes resident as requests fill it instead of at start (torch.zeros writes every page)."""
+    n = 1
+    for d in shape:
+        n *= d
+    nbytes = n * torch.tensor([], dtype=dtype).element_size()
+    if nbytes < 1 << 20:
+        return torch.zeros(shape, dtype=dtype)
+    buf = mmap.mmap(-1, nbytes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.frombuffer(buf, dtype=dtype).view(shape)  # the tensor keeps `buf` alive
+
+
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
@@ -41,7 +61,8 @@ class ModelRunner:
     """Holds the model and the preallocated KV tensors; `run` does one step and returns logits rows."""
 
     def __init__(self, model: Any, block_size: int = 16, kv_cache_bytes: int = 256 << 20,
-                 num_blocks: int | None = None) -> None:
+                 num_blocks: int | None = None, fast_path: bool = True) -> None:
+        """`fast_path=False` (or LLMPRESS_FASTPATH=0) keeps every step on the reference path."""
         cfg = model.config
         mtype = getattr(cfg, "model_type", "?")
         inner = getattr(model, "model", None)
@@ -88,9 +109,15 @@ class ModelRunner:
         self.num_blocks = int(num_blocks)
         # Preallocated once: [slots, kv_heads, head_dim] per layer, slot = block * block_size + offset.
         n_slots = self.num_blocks * block_size
-        self.k_cache = [torch.zeros(n_slots, n, self.head_dim, dtype=self.dtype) for n in self.n_kv]
-        self.v_cache = [torch.zeros(n_slots, n, self.head_dim, dtype=self.dtype) for n in self.n_kv]
+        self.k_cache = [_lazy_zeros((n_slots, n, self.head_dim), self.dtype) for n in self.n_kv]
+        self.v_cache = [_lazy_zeros((n_slots, n, self.head_dim), self.dtype) for n in self.n_kv]
+        # Section timers for benchmarks/decode_profile.py: None (off) costs one `P and ...` test per
+        # section; a dict accumulates seconds per section (see `lap`).
+        self.prof: dict[str, float] | None = None
         self._build_fast_path()
+        # Decode-only steps run every layer in one C++ call when the model allows (engine/fastpath.py).
+        self.fast_path = fastpath.build(self) if fast_path else None
+        trim_heap()
 
     # -- fast path --------------------------------------------------------------------
     def _build_fast_path(self) -> None:
@@ -99,6 +126,8 @@ class ModelRunner:
         weight bytes on a CPU; this removes ~20 of ~50 ops per layer and changes no result."""
         self.qkv: list[Any] = []
         self.gate_up: list[Any] = []
+        self.qkv_mod: list[Any] = []  # the fused modules themselves (for the C++ decoder)
+        self.gate_up_mod: list[Any] = []
         self.o_proj: list[Any] = []
         self.down: list[Any] = []
         fast = (lambda m: direct_linear(m) or m) if self.dtype == torch.float32 else (lambda m: m)
@@ -106,13 +135,16 @@ class ModelRunner:
             a, mlp = layer.self_attn, layer.mlp
             f = fuse_linears([a.q_proj, a.k_proj, a.v_proj])
             self.qkv.append(fast(f) if f is not None else None)
+            self.qkv_mod.append(f)
             ok = all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj", "act_fn"))
             f = fuse_linears([mlp.gate_proj, mlp.up_proj]) if ok else None
             self.gate_up.append(fast(f) if f is not None else None)
+            self.gate_up_mod.append(f)
             self.o_proj.append(fast(a.o_proj))
             self.down.append(fast(mlp.down_proj) if ok else None)
         self.norms = [(_rms(layer.input_layernorm), _rms(layer.post_attention_layernorm)) for layer in self.layers]
         self.final_norm = _rms(self.inner.norm)
+        self.lm_head = fast(self.model.lm_head)
 
     def _attn_in(self, li: int, x: torch.Tensor, cos: torch.Tensor,
                  sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -124,9 +156,11 @@ class ModelRunner:
             v = a.v_proj(x).view(len(x), -1, hd)
             return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin, v
         y = f(x).view(len(x), -1, hd)
+        self.prof is not None and self.lap("matmul")
         nq, nk = self.n_heads[li], self.n_kv[li]
         qk = y[:, :nq + nk]  # q and k heads rotate together: one set of ops instead of two
         qk = qk * cos + _rotate_half(qk) * sin
+        self.prof is not None and self.lap("elementwise")
         return qk[:, :nq], qk[:, nq:], y[:, nq + nk:]
 
     def _mlp(self, li: int, x: torch.Tensor) -> torch.Tensor:
@@ -134,8 +168,23 @@ class ModelRunner:
         f = self.gate_up[li]
         if f is None:
             return mlp(x)
+        P = self.prof
         g, u = f(x).chunk(2, dim=-1)
-        return self.down[li](mlp.act_fn(g) * u)
+        P is not None and self.lap("matmul")
+        a = mlp.act_fn(g) * u
+        P is not None and self.lap("elementwise")
+        y = self.down[li](a)
+        P is not None and self.lap("matmul")
+        return y
+
+    def lap(self, section: str) -> bool:
+        """Profiling only: charge the time since the previous lap to `section`."""
+        P = self.prof
+        assert P is not None
+        now = time.perf_counter()
+        P[section] = P.get(section, 0.0) + now - P["_t"]
+        P["_t"] = now
+        return True
 
     # -- input preparation ------------------------------------------------------------
     def _slots(self, seq: Sequence, start: int, end: int) -> torch.Tensor:
@@ -151,6 +200,13 @@ class ModelRunner:
         Rows are the item's last token (when it completes the pending tokens) or, for items whose index is
         in `all_logits`, every fed token (prompt logprobs). Items that return no row get count 0.
         """
+        P, lap = self.prof, self.lap
+        if P is not None:
+            P["_t"] = time.perf_counter()
+        if self.fast_path is not None and num_decode == len(items):
+            out = self._run_fast(items)
+            if out is not None:
+                return out
         bs = self.block_size
         tokens: list[int] = []
         positions: list[int] = []
@@ -195,16 +251,21 @@ class ModelRunner:
                 spans.append((len(rows), 0))
             off += n
 
+        P and lap("prep")
         h = self.inner.embed_tokens(ids)
         cos, sin = self.inner.rotary_emb(h, pos[None])
         cos, sin = cos[0, :, None, :].to(self.dtype), sin[0, :, None, :].to(self.dtype)
+        P and lap("elementwise")
         hd = self.head_dim
         for li in range(len(self.layers)):
             norm_in, norm_post = self.norms[li]
-            q, k, v = self._attn_in(li, norm_in(h), cos, sin)
+            x = norm_in(h)
+            P and lap("elementwise")
+            q, k, v = self._attn_in(li, x, cos, sin)
             kc, vc = self.k_cache[li], self.v_cache[li]
             kc.index_copy_(0, slots, k)
             vc.index_copy_(0, slots, v)
+            P and lap("kv_write")
             outs: list[torch.Tensor] = []
             if B:
                 # index_select, not kc[dec_idx]: advanced indexing is ~100x slower on CPU here
@@ -227,13 +288,53 @@ class ModelRunner:
                                                        enable_gqa=True)
                 outs.append(o[0].transpose(0, 1).reshape(n, -1))
             attn = outs[0] if len(outs) == 1 else torch.cat(outs)
-            h = h + self.o_proj[li](attn)
-            h = h + self._mlp(li, norm_post(h))
+            P and lap("attention")
+            a = self.o_proj[li](attn)
+            P and lap("matmul")
+            h = h + a
+            x = norm_post(h)
+            P and lap("elementwise")
+            h = h + self._mlp(li, x)
         if not rows:
             return torch.empty(0, 0), spans
         hs = self.final_norm(h.index_select(0, torch.tensor(rows)) if len(rows) != T else h)
-        logits = self.model.lm_head(hs).float()
+        P and lap("elementwise")
+        logits = self.lm_head(hs).float()
+        P and lap("matmul")
         return logits, spans
+
+    def _run_fast(self, items: list[tuple[Sequence, int]]) -> tuple[torch.Tensor, list[tuple[int, int]]] | None:
+        """A decode-only step through the C++ decoder; None when a row is not a plain one-token decode."""
+        P, lap = self.prof, self.lap
+        pos: list[int] = []
+        toks: list[int] = []
+        bts: list[list[int]] = []
+        for seq, n in items:
+            c = seq.num_computed
+            if n != 1 or c + 1 != len(seq):
+                return None
+            pos.append(c)
+            toks.append(seq.token_ids[c])
+            bts.append(seq.block_table)
+        P and lap("prep")
+        h = self.inner.embed_tokens(torch.tensor(toks, dtype=torch.long))
+        cos, sin = self.inner.rotary_emb(h, torch.tensor(pos, dtype=torch.long)[None])
+        P and lap("elementwise")
+        assert self.fast_path is not None
+        dec = self.fast_path.dec
+        if P is not None:
+            dec.set_profile(True)
+        h = self.fast_path.forward(h.float(), cos[0], sin[0], pos, bts, self.block_size)
+        if P is not None:
+            t = dec.times()
+            dec.set_profile(False)
+            for name, v in zip(("matmul", "attention", "kv_write", "elementwise"), t, strict=True):
+                P[name] = P.get(name, 0.0) + v
+            P["_t"] += sum(t)
+            lap("fused")  # the C++ call's time outside its timed sections
+        logits = self.lm_head(self.final_norm(h.to(self.dtype))).float()
+        P and lap("matmul")
+        return logits, [(i, 1) for i in range(len(items))]
 
     @property
     def kv_cache_mb(self) -> float:

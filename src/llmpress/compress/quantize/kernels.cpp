@@ -10,11 +10,22 @@
 //
 // Layouts (built by the Python side from the stored, portable format):
 //   int8: q int8 [N, K], s float32 [N]                      y = s[n] * sum_k x[k] q[n,k]
-//   int4: q uint8 [N, K/2], per 32-element block byte j holds code j (low nibble) and code
-//         j+16 (high nibble); scales, mins float32 [N, K/G]   w = code * scale + min
+//   int4: q uint8 [N, K/2] as stored (byte j: code 2j low nibble, code 2j+1 high nibble), scales,
+//         mins float16 [N, K/G] as stored; w = code * scale + min. The kernel reads the stored
+//         tensors themselves (no repacked copy in memory); it pairs the low nibbles of a 32-block
+//         with its even activations and the high ones with its odd activations, which it gets by
+//         de-interleaving each activation row once per call.
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <pybind11/stl.h>
+
+#include <chrono>
+#include <cmath>
+#include <limits>
+#include <tuple>
+#include <type_traits>
+#include <vector>
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -46,7 +57,7 @@ inline void int8_rows(const float* X, int64_t K, const int8_t* q, const float* s
 }
 
 template <int R, int NR>
-inline void int4_rows(const float* X, int64_t K, int64_t G, const uint8_t* q, const float* sc, const float* mn,
+inline void int4_rows(const float* X, int64_t K, int64_t G, const uint8_t* q, const at::Half* sc, const at::Half* mn,
                       float* Y, int64_t ldy) {
   const int64_t NG = K / G;
   __m512 acc[NR][R];
@@ -56,8 +67,8 @@ inline void int4_rows(const float* X, int64_t K, int64_t G, const uint8_t* q, co
   for (int64_t g0 = 0; g0 < K; g0 += G) {
     __m512 vs[NR], vm[NR];
     for (int i = 0; i < NR; ++i) {
-      vs[i] = _mm512_set1_ps(sc[i * NG + g0 / G]);
-      vm[i] = _mm512_set1_ps(mn[i * NG + g0 / G]);
+      vs[i] = _mm512_set1_ps(static_cast<float>(sc[i * NG + g0 / G]));
+      vm[i] = _mm512_set1_ps(static_cast<float>(mn[i * NG + g0 / G]));
     }
     for (int64_t k = g0; k < g0 + G; k += 32) {
       if ((k & 127) == 0)
@@ -83,6 +94,42 @@ inline void int4_rows(const float* X, int64_t K, int64_t G, const uint8_t* q, co
   for (int i = 0; i < NR; ++i)
     for (int r = 0; r < R; ++r) Y[r * ldy + i] = _mm512_reduce_add_ps(acc[i][r]);
 }
+
+#if defined(__AVX512VNNI__)
+#define LLMPRESS_Q8 1
+// int8 weights x int8 activations (per row, per 32-block scale xs), llama.cpp's Q8_0 x Q8_0 idea on
+// AVX512-VNNI: vpdpbusd multiplies unsigned by signed bytes, so the weight bytes are flipped to
+// w + 128 (xor 0x80) and the extra 128 * sum(xq) of each activation row (Cr) is subtracted at the end.
+template <int R, int NR>
+inline void q8_rows(const int8_t* XQ, const float* XSV, const float* Cr, int64_t K, const int8_t* q, const float* s,
+                    float* Y, int64_t ldy) {
+  // one zmm = two 32-blocks: vpdpbusd's lanes 0-7 sum block 2p, lanes 8-15 block 2p+1, so one
+  // per-lane scale vector (XSV, built once per call) scales both; one float conversion per 64 bytes
+  const int64_t NP = K / 64;
+  __m512 acc[NR][R];
+  for (int i = 0; i < NR; ++i)
+    for (int r = 0; r < R; ++r) acc[i][r] = _mm512_setzero_ps();
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  for (int64_t p = 0; p < NP; ++p) {
+    __m512i x[R];
+    __m512 xs[R];
+    for (int r = 0; r < R; ++r) {
+      x[r] = _mm512_loadu_si512(reinterpret_cast<const void*>(XQ + r * K + p * 64));
+      xs[r] = _mm512_loadu_ps(XSV + (r * NP + p) * 16);
+    }
+    for (int i = 0; i < NR; ++i) _mm_prefetch((const char*)(q + (2 * NR + i) * K + p * 64), _MM_HINT_T0);
+    for (int i = 0; i < NR; ++i) {
+      const __m512i w = _mm512_xor_si512(_mm512_loadu_si512(reinterpret_cast<const void*>(q + i * K + p * 64)), flip);
+      for (int r = 0; r < R; ++r) {
+        const __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, x[r]);
+        acc[i][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), xs[r], acc[i][r]);
+      }
+    }
+  }
+  for (int i = 0; i < NR; ++i)
+    for (int r = 0; r < R; ++r) Y[r * ldy + i] = (_mm512_reduce_add_ps(acc[i][r]) - Cr[r]) * s[i];
+}
+#endif
 #else
 template <int R, int NR>
 inline void int8_rows(const float* X, int64_t K, const int8_t* q, const float* s, float* Y, int64_t ldy) {
@@ -95,7 +142,7 @@ inline void int8_rows(const float* X, int64_t K, const int8_t* q, const float* s
 }
 
 template <int R, int NR>
-inline void int4_rows(const float* X, int64_t K, int64_t G, const uint8_t* q, const float* sc, const float* mn,
+inline void int4_rows(const float* X, int64_t K, int64_t G, const uint8_t* q, const at::Half* sc, const at::Half* mn,
                       float* Y, int64_t ldy) {
   const int64_t NG = K / G;
   for (int i = 0; i < NR; ++i)
@@ -104,7 +151,7 @@ inline void int4_rows(const float* X, int64_t K, int64_t G, const uint8_t* q, co
       for (int64_t k = 0; k < K; k += 32)
         for (int j = 0; j < 16; ++j) {
           uint8_t b = q[i * (K / 2) + k / 2 + j];
-          float s = sc[i * NG + k / G], m = mn[i * NG + k / G];
+          float s = static_cast<float>(sc[i * NG + k / G]), m = static_cast<float>(mn[i * NG + k / G]);
           a += X[r * K + k + j] * (float(b & 0x0F) * s + m) + X[r * K + k + 16 + j] * (float(b >> 4) * s + m);
         }
       Y[r * ldy + i] = a;
@@ -157,7 +204,11 @@ void check_x(const torch::Tensor& x, int64_t K) {
 
 }  // namespace
 
-torch::Tensor int8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor s) {
+static int64_t q8_min_rows = 0;
+inline int64_t q8_threshold() { return q8_min_rows; }
+
+// q8_from > 0: from that many activation rows, int8 activations on VNNI (where built); 0: exact float32.
+torch::Tensor int8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor s, int64_t q8_from) {
   TORCH_CHECK(q.scalar_type() == torch::kInt8 && q.is_contiguous(), "q must be contiguous int8 [N, K]");
   TORCH_CHECK(s.scalar_type() == torch::kFloat32 && s.is_contiguous(), "s must be contiguous float32 [N]");
   const int64_t N = q.size(0), K = q.size(1);
@@ -170,10 +221,57 @@ torch::Tensor int8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor s) {
   const int8_t* Q = q.data_ptr<int8_t>();
   const float* S = s.data_ptr<float>();
   float* Y = y.data_ptr<float>();
+#ifdef LLMPRESS_Q8
+  if (q8_from > 0 && M >= q8_from && K % 64 == 0) {
+    // activations to int8 per row and 32-block (scale = absmax / 127), then integer dot products
+    const int64_t NBK = K / 32;
+    std::vector<int8_t> xq(M * K);
+    std::vector<float> xsv(M * NBK * 8), cr(M, 0.f);
+    at::parallel_for(0, M, 1, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        double c = 0.0;
+        for (int64_t b = 0; b < NBK; ++b) {
+          const float* xb = X + r * K + b * 32;
+          float amax = 0.f;
+          for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(xb[j]));
+          const float sc = amax / 127.f, inv = amax > 0.f ? 127.f / amax : 0.f;
+          int sum = 0;
+          for (int j = 0; j < 32; ++j) {
+            const int v = static_cast<int>(std::nearbyint(xb[j] * inv));
+            xq[r * K + b * 32 + j] = static_cast<int8_t>(v);
+            sum += v;
+          }
+          for (int j = 0; j < 8; ++j) xsv[(r * NBK + b) * 8 + j] = sc;  // lanes of this block in its zmm
+          c += 128.0 * sc * sum;
+        }
+        cr[r] = static_cast<float>(c);
+      }
+    });
+    const int8_t* XQ = xq.data();
+    const float* XS = xsv.data();
+    const float* CR = cr.data();
+    for_blocks(N, M, [&](int64_t n, int64_t m0, auto R, auto NR) {
+      q8_rows<decltype(R)::value, decltype(NR)::value>(XQ + m0 * K, XS + m0 * NBK * 8, CR + m0, K, Q + n * K, S + n,
+                                                       Y + m0 * N + n, N);
+    });
+    return y;
+  }
+#endif
   for_blocks(N, M, [&](int64_t n, int64_t m0, auto R, auto NR) {
     int8_rows<decltype(R)::value, decltype(NR)::value>(X + m0 * K, K, Q + n * K, S + n, Y + m0 * N + n, N);
   });
   return y;
+}
+
+// The fused decoder's batched int8 x int8 (VNNI) threshold; 0 = off. Set from Python (kernels.py).
+int64_t set_q8_min_rows(int64_t rows) {
+#ifdef LLMPRESS_Q8
+  q8_min_rows = rows;
+  return rows;
+#else
+  (void)rows;
+  return 0;
+#endif
 }
 
 torch::Tensor int4_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scales, torch::Tensor mins,
@@ -181,17 +279,27 @@ torch::Tensor int4_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scales
   TORCH_CHECK(q.scalar_type() == torch::kUInt8 && q.is_contiguous(), "q must be contiguous uint8 [N, K/2]");
   const int64_t N = q.size(0), K = q.size(1) * 2;
   TORCH_CHECK(group % 32 == 0 && K % group == 0, "group must be a multiple of 32 dividing K");
-  TORCH_CHECK(scales.scalar_type() == torch::kFloat32 && mins.scalar_type() == torch::kFloat32 &&
+  TORCH_CHECK(scales.scalar_type() == torch::kHalf && mins.scalar_type() == torch::kHalf &&
                   scales.is_contiguous() && mins.is_contiguous() && scales.size(1) == K / group,
-              "scales / mins must be contiguous float32 [N, K/group]");
+              "scales / mins must be contiguous float16 [N, K/group]");
   check_x(x, K);
   x = x.contiguous();
   const int64_t M = x.size(0), NG = K / group;
   auto y = torch::empty({M, N}, x.options());
-  const float* X = x.data_ptr<float>();
+  // de-interleave each 32-block of the activations: evens first (low nibbles), then odds (high nibbles)
+  auto xp = torch::empty({M, K}, x.options());
+  const float* X0 = x.data_ptr<float>();
+  float* XP = xp.data_ptr<float>();
+  for (int64_t r = 0; r < M; ++r)
+    for (int64_t k = 0; k < K; k += 32)
+      for (int j = 0; j < 16; ++j) {
+        XP[r * K + k + j] = X0[r * K + k + 2 * j];
+        XP[r * K + k + 16 + j] = X0[r * K + k + 2 * j + 1];
+      }
+  const float* X = XP;
   const uint8_t* Q = q.data_ptr<uint8_t>();
-  const float* SC = scales.data_ptr<float>();
-  const float* MN = mins.data_ptr<float>();
+  const at::Half* SC = scales.data_ptr<at::Half>();
+  const at::Half* MN = mins.data_ptr<at::Half>();
   float* Y = y.data_ptr<float>();
   for_blocks(N, M, [&](int64_t n, int64_t m0, auto R, auto NR) {
     int4_rows<decltype(R)::value, decltype(NR)::value>(X + m0 * K, K, group, Q + n * (K / 2), SC + n * NG,
@@ -199,6 +307,275 @@ torch::Tensor int4_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scales
   });
   return y;
 }
+
+
+// ---------------------------------------------------------------------------------------------
+// Fused decode step (llmpress.engine.fastpath): every decoder layer of a Llama-family model for
+// B decode rows (one new token each) in one call, over the engine's paged KV cache. Per layer:
+// rmsnorm -> qkv -> rope -> KV write -> attention (read in place through the block tables, no
+// gather) -> o_proj + residual -> rmsnorm -> gate/up -> silu*mul -> down + residual. The Python
+// runner did the same with ~40 operator calls per layer, each paying Python + dispatcher
+// overhead that, for a 30-layer x 576-wide model, costs as much as reading the weights.
+// Hidden states are float32; weights are float (any dtype, aten GEMM), int8 or int4 (the
+// kernels above); the KV cache is float32, bfloat16 or float16.
+namespace fast {
+
+struct Lin {
+  int64_t kind = 0;  // 0 float weight (aten), 1 int8 [N, K] + scales, 2 int4 packed + scales + mins
+  torch::Tensor w, s, m, bias;
+  int64_t group = 0;
+};
+
+using LinSpec = std::tuple<int64_t, torch::Tensor, torch::Tensor, torch::Tensor, int64_t, torch::Tensor>;
+
+Lin make_lin(const LinSpec& t) {
+  Lin l;
+  l.kind = std::get<0>(t);
+  l.w = std::get<1>(t);
+  l.s = std::get<2>(t);
+  l.m = std::get<3>(t);
+  l.group = std::get<4>(t);
+  l.bias = std::get<5>(t);
+  return l;
+}
+
+torch::Tensor apply(const Lin& l, const torch::Tensor& x) {
+  torch::Tensor y;
+  if (l.kind == 1) {
+    y = int8_linear(x, l.w, l.s, q8_threshold());
+  } else if (l.kind == 2) {
+    y = int4_linear(x, l.w, l.s, l.m, l.group);
+  } else if (l.w.scalar_type() == torch::kFloat32) {
+    y = at::linear(x, l.w);
+  } else {
+    y = at::linear(x.to(l.w.scalar_type()), l.w).to(torch::kFloat32);
+  }
+  if (l.bias.defined() && l.bias.numel()) y.add_(l.bias);
+  return y;
+}
+
+torch::Tensor apply_all(const std::vector<Lin>& ls, const torch::Tensor& x) {
+  if (ls.size() == 1) return apply(ls[0], x);
+  std::vector<torch::Tensor> ys;
+  for (const auto& l : ls) ys.push_back(apply(l, x));
+  return at::cat(ys, 1);
+}
+
+template <typename T> inline float tof(T v) { return static_cast<float>(v); }
+
+// 16 independent partial sums: vectorisable without -ffast-math (no reassociation needed).
+inline float dot(const float* a, const float* b, int64_t n) {
+  float acc[16] = {0};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    for (int j = 0; j < 16; ++j) acc[j] += a[i + j] * b[i + j];
+  float s = 0.f;
+  for (; i < n; ++i) s += a[i] * b[i];
+  for (int j = 0; j < 16; ++j) s += acc[j];
+  return s;
+}
+
+template <typename T>
+inline float dot_t(const float* a, const T* b, int64_t n) {
+  float acc[16] = {0};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    for (int j = 0; j < 16; ++j) acc[j] += a[i + j] * tof(b[i + j]);
+  float s = 0.f;
+  for (; i < n; ++i) s += a[i] * tof(b[i]);
+  for (int j = 0; j < 16; ++j) s += acc[j];
+  return s;
+}
+
+void rmsnorm(const float* x, const float* w, float eps, float* y, int64_t D) {
+  const float r = 1.f / std::sqrt(dot(x, x, D) / float(D) + eps);
+  for (int64_t d = 0; d < D; ++d) y[d] = w[d] * (x[d] * r);
+}
+
+// x = x * cos + rotate_half(x) * sin for one head (HF's cos/sin: the two halves repeat).
+inline void rope(float* x, const float* c, const float* s, int64_t hd) {
+  const int64_t h = hd / 2;
+  for (int64_t i = 0; i < h; ++i) {
+    const float a = x[i], b = x[i + h];
+    x[i] = a * c[i] - b * s[i];
+    x[i + h] = b * c[i + h] + a * s[i + h];
+  }
+}
+
+struct Layer {
+  torch::Tensor ln1, ln2;
+  float eps1 = 1e-5f, eps2 = 1e-5f;
+  std::vector<Lin> qkv, gate_up;
+  Lin o, down;
+  int64_t nq = 0, nkv = 0;
+  float scale = 1.f;
+  torch::Tensor kc, vc;  // [slots, nkv, hd]
+};
+
+// One (row, head) of attention over `ctx` cached positions, read through the row's block table.
+template <typename T>
+void attend(const float* q, const T* kc, const T* vc, int64_t stride, int64_t g, const int64_t* bt, int64_t bs,
+            int64_t ctx, int64_t hd, float scale, float* out, float* buf) {
+  float mx = -std::numeric_limits<float>::infinity();
+  for (int64_t t = 0; t < ctx; ++t) {
+    const int64_t slot = bt[t / bs] * bs + t % bs;
+    const float sc = dot_t(q, kc + slot * stride + g * hd, hd) * scale;
+    buf[t] = sc;
+    mx = std::max(mx, sc);
+  }
+  float sum = 0.f;
+  for (int64_t t = 0; t < ctx; ++t) {
+    buf[t] = std::exp(buf[t] - mx);
+    sum += buf[t];
+  }
+  const float inv = 1.f / sum;
+  for (int64_t i = 0; i < hd; ++i) out[i] = 0.f;
+  for (int64_t t = 0; t < ctx; ++t) {
+    const int64_t slot = bt[t / bs] * bs + t % bs;
+    const T* v = vc + slot * stride + g * hd;
+    const float p = buf[t] * inv;
+    for (int64_t i = 0; i < hd; ++i) out[i] += p * tof(v[i]);
+  }
+}
+
+template <typename T>
+void write_kv(T* kc, T* vc, int64_t stride, int64_t slot, const float* k, const float* v, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    kc[slot * stride + i] = static_cast<T>(k[i]);
+    vc[slot * stride + i] = static_cast<T>(v[i]);
+  }
+}
+
+class Decoder {
+ public:
+  explicit Decoder(int64_t head_dim) : hd_(head_dim) {}
+
+  void add_layer(torch::Tensor ln1, double eps1, torch::Tensor ln2, double eps2, std::vector<LinSpec> qkv,
+                 LinSpec o, std::vector<LinSpec> gate_up, LinSpec down, int64_t nq, int64_t nkv, double scale,
+                 torch::Tensor kc, torch::Tensor vc) {
+    TORCH_CHECK(ln1.scalar_type() == torch::kFloat32 && ln2.scalar_type() == torch::kFloat32, "norm weights: float32");
+    TORCH_CHECK(kc.is_contiguous() && vc.is_contiguous() && kc.size(1) == nkv && kc.size(2) == hd_,
+                "KV cache must be contiguous [slots, kv_heads, head_dim]");
+    TORCH_CHECK(nkv > 0 && nq % nkv == 0, "query heads must be a multiple of KV heads");
+    Layer L;
+    L.ln1 = ln1.contiguous();
+    L.ln2 = ln2.contiguous();
+    L.eps1 = float(eps1);
+    L.eps2 = float(eps2);
+    for (const auto& t : qkv) L.qkv.push_back(make_lin(t));
+    for (const auto& t : gate_up) L.gate_up.push_back(make_lin(t));
+    L.o = make_lin(o);
+    L.down = make_lin(down);
+    L.nq = nq;
+    L.nkv = nkv;
+    L.scale = float(scale);
+    L.kc = kc;
+    L.vc = vc;
+    layers_.push_back(std::move(L));
+  }
+
+  void set_profile(bool on) { prof_ = on; times_.assign(4, 0.0); }
+  std::vector<double> times() const { return times_; }  // seconds: matmul, attention, kv_write, elementwise
+
+  // h [B, D] float32 (embedded tokens), cos / sin [B, hd], pos: each row's position, bts: block tables.
+  torch::Tensor forward(torch::Tensor h, torch::Tensor cos, torch::Tensor sin, std::vector<int64_t> pos,
+                        std::vector<std::vector<int64_t>> bts, int64_t bs) {
+    TORCH_CHECK(h.scalar_type() == torch::kFloat32 && h.dim() == 2, "h must be float32 [B, D]");
+    h = h.contiguous().clone();
+    cos = cos.to(torch::kFloat32).contiguous();
+    sin = sin.to(torch::kFloat32).contiguous();
+    const int64_t B = h.size(0), D = h.size(1), hd = hd_;
+    TORCH_CHECK(int64_t(pos.size()) == B && int64_t(bts.size()) == B, "one position and block table per row");
+    int64_t nb = 1;
+    for (const auto& b : bts) nb = std::max<int64_t>(nb, int64_t(b.size()));
+    std::vector<int64_t> bt(B * nb, 0), slot(B);
+    int64_t max_ctx = 0;
+    for (int64_t b = 0; b < B; ++b) {
+      TORCH_CHECK(pos[b] / bs < int64_t(bts[b].size()), "block table too short for position ", pos[b]);
+      std::copy(bts[b].begin(), bts[b].end(), bt.begin() + b * nb);
+      slot[b] = bts[b][pos[b] / bs] * bs + pos[b] % bs;
+      max_ctx = std::max(max_ctx, pos[b] + 1);
+    }
+    auto x = torch::empty({B, D}, h.options());
+    float* H = h.data_ptr<float>();
+    float* X = x.data_ptr<float>();
+    const float* C = cos.data_ptr<float>();
+    const float* S = sin.data_ptr<float>();
+    auto clock = std::chrono::steady_clock::now();
+    auto lap = [&](int i) {
+      if (!prof_) return;
+      auto now = std::chrono::steady_clock::now();
+      times_[i] += std::chrono::duration<double>(now - clock).count();
+      clock = now;
+    };
+    for (auto& L : layers_) {
+      const float* w1 = L.ln1.data_ptr<float>();
+      for (int64_t b = 0; b < B; ++b) rmsnorm(H + b * D, w1, L.eps1, X + b * D, D);
+      lap(3);
+      auto y = apply_all(L.qkv, x).contiguous();  // [B, (nq + 2 nkv) hd]
+      lap(0);
+      const int64_t nq = L.nq, nkv = L.nkv, W = (nq + 2 * nkv) * hd;
+      TORCH_CHECK(y.size(1) == W, "q/k/v widths do not match the head counts");
+      float* Y = y.data_ptr<float>();
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t j = 0; j < nq + nkv; ++j) rope(Y + b * W + j * hd, C + b * hd, S + b * hd, hd);
+      lap(3);
+      const int64_t stride = nkv * hd;
+      auto kv_dispatch = [&](auto* kp, auto* vp) {
+        using T = std::remove_pointer_t<decltype(kp)>;
+        for (int64_t b = 0; b < B; ++b)
+          write_kv<T>(kp, vp, stride, slot[b], Y + b * W + nq * hd, Y + b * W + (nq + nkv) * hd, stride);
+        lap(2);
+        auto attn = torch::empty({B, nq * hd}, h.options());
+        float* A = attn.data_ptr<float>();
+        const int64_t rep = nq / nkv;
+        at::parallel_for(0, B * nq, 1, [&](int64_t i0, int64_t i1) {
+          std::vector<float> buf(max_ctx);
+          for (int64_t i = i0; i < i1; ++i) {
+            const int64_t b = i / nq, j = i % nq;
+            attend<T>(Y + b * W + j * hd, kp, vp, stride, j / rep, bt.data() + b * nb, bs, pos[b] + 1, hd, L.scale,
+                      A + b * nq * hd + j * hd, buf.data());
+          }
+        });
+        return attn;
+      };
+      torch::Tensor attn;
+      if (L.kc.scalar_type() == torch::kFloat32) {
+        attn = kv_dispatch(L.kc.data_ptr<float>(), L.vc.data_ptr<float>());
+      } else if (L.kc.scalar_type() == torch::kBFloat16) {
+        attn = kv_dispatch(L.kc.data_ptr<c10::BFloat16>(), L.vc.data_ptr<c10::BFloat16>());
+      } else {
+        TORCH_CHECK(L.kc.scalar_type() == torch::kHalf, "KV cache dtype must be float32, bfloat16 or float16");
+        attn = kv_dispatch(L.kc.data_ptr<c10::Half>(), L.vc.data_ptr<c10::Half>());
+      }
+      lap(1);
+      auto o = apply(L.o, attn);
+      lap(0);
+      h.add_(o);
+      const float* w2 = L.ln2.data_ptr<float>();
+      for (int64_t b = 0; b < B; ++b) rmsnorm(H + b * D, w2, L.eps2, X + b * D, D);
+      lap(3);
+      auto gu = apply_all(L.gate_up, x);
+      lap(0);
+      const int64_t I = gu.size(1) / 2;
+      auto a = at::silu(gu.narrow(1, 0, I)).mul_(gu.narrow(1, I, I));
+      lap(3);
+      auto d = apply(L.down, a);
+      lap(0);
+      h.add_(d);
+      lap(3);
+    }
+    return h;
+  }
+
+ private:
+  int64_t hd_;
+  std::vector<Layer> layers_;
+  bool prof_ = false;
+  std::vector<double> times_ = std::vector<double>(4, 0.0);
+};
+
+}  // namespace fast
 
 bool vectorized() {
 #if defined(__AVX512F__)
@@ -209,7 +586,15 @@ bool vectorized() {
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("int8_linear", &int8_linear, "y = x @ (q * s[:, None]).T for int8 q, float32 x");
+  m.def("int8_linear", &int8_linear, pybind11::arg("x"), pybind11::arg("q"), pybind11::arg("s"),
+        pybind11::arg("q8_from") = 0, "y = x @ (q * s[:, None]).T for int8 q, float32 x");
   m.def("int4_linear", &int4_linear, "y = x @ dequant(q).T for 4-bit codes in 32-blocks, float32 x");
   m.def("vectorized", &vectorized, "true when built with AVX-512");
+  m.def("set_q8_min_rows", &set_q8_min_rows, "int8 x int8 VNNI from this many rows (0 off); returns the setting, 0 without VNNI");
+  pybind11::class_<fast::Decoder>(m, "Decoder")
+      .def(pybind11::init<int64_t>())
+      .def("add_layer", &fast::Decoder::add_layer)
+      .def("set_profile", &fast::Decoder::set_profile)
+      .def("times", &fast::Decoder::times)
+      .def("forward", &fast::Decoder::forward);
 }

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from llmpress.hardware import cpu_has_avx512
+from llmpress.hardware import cpu_flags, cpu_has_avx512
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +35,15 @@ _state: dict[str, Any] = {}
 
 
 def build_dir() -> Path:
-    """Where the kernels are built: one directory per torch version and kernels.cpp content."""
+    """Where the kernels are built: one directory per torch version, kernels.cpp content and CPU feature set
+    (the build is -march=native: a cache shared by machines with other CPUs must not hand over a binary
+    with instructions this one lacks)."""
     import torch
 
     root = Path(os.environ.get("LLMPRESS_KERNELS_DIR", Path.home() / ".cache" / "llmpress" / "kernels"))
-    digest = hashlib.sha256(Path(__file__).with_name("kernels.cpp").read_bytes()).hexdigest()[:12]
+    h = hashlib.sha256(Path(__file__).with_name("kernels.cpp").read_bytes())
+    h.update(" ".join(sorted(cpu_flags() or ())).encode())
+    digest = h.hexdigest()[:12]
     return root.expanduser() / f"torch-{torch.__version__.replace('+', '-')}-{digest}"
 
 
@@ -104,8 +108,36 @@ def get() -> Any:
                             "slower for float32 activations. Install a C++ compiler and `ninja` to enable them.",
                             str(e).splitlines()[0] if str(e) else type(e).__name__)
                 mod = None
+        if mod is not None:
+            mod.set_q8_min_rows(q8_min_rows())
         _state["mod"] = mod
         return mod
+
+
+# The fused decoder's (engine/fastpath.py) int8-weight-only matmuls with at least this many rows quantize
+# the activations to int8 (per row, per 32-block, like llama.cpp's Q8_0) and use AVX512-VNNI integer dot
+# products, where the CPU has them (decided at build time: the build is -march=native and its directory
+# is keyed by the CPU flags). Below it, without VNNI, and in the modules' own forward (exact float32
+# dot products), the float32-activation kernel runs.
+# OFF by default: it failed its quality gate. Measured on SmolLM2-135M int8-weight-only
+# (benchmarks/results/decode_profile_q8_quality.md): perplexity +0.30 % against the 0.1 % allowed, for
+# ~1.3x on a batch-32 matmul (576x1536, one thread). LLMPRESS_Q8=N turns it on from N rows.
+Q8_DEFAULT_MIN_ROWS = 0
+
+
+def q8_min_rows() -> int:
+    raw = os.environ.get("LLMPRESS_Q8", "").strip().lower()
+    if raw in ("0", "off", "false", "no"):
+        return 0
+    if raw in ("1", "on", "true", "yes"):
+        return 8
+    return int(raw) if raw.isdigit() else Q8_DEFAULT_MIN_ROWS
+
+
+def set_q8_min_rows(rows: int) -> int:
+    """Set the VNNI threshold at run time (0 = off); returns what the kernels took (0 without VNNI)."""
+    mod = get()
+    return int(mod.set_q8_min_rows(int(rows))) if mod is not None else 0
 
 
 def available() -> bool:

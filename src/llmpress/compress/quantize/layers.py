@@ -230,7 +230,7 @@ class Int4WeightOnlyLinear(QuantModule):
         self.register_buffer("mins", torch.empty(out_features, in_features // group_size, dtype=torch.float16))
         self.register_buffer("bias", torch.empty(out_features) if bias else None)
         self._packed: torch.Tensor | None = None
-        self._sz: torch.Tensor | None = None
+        self._sz: Any = None  # ours: (scales, mins) float16; aten: [in/g, out, 2] bf16
         self._kern: Any = None
 
     def spec(self) -> dict[str, Any]:
@@ -259,13 +259,12 @@ class Int4WeightOnlyLinear(QuantModule):
 
     def prepare(self) -> None:
         self._kern = _kernels()
-        codes = unpack_nibbles(self.qweight)
         if self._kern is not None:
-            # ours: per 32-block, byte j = code j | code j+16 << 4; float32 scales / mins
-            c = codes.reshape(self.out_features, -1, 2, 16)
-            self._packed = (c[:, :, 0] | (c[:, :, 1] << 4)).reshape(self.out_features, -1).contiguous()
-            self._sz = torch.stack([self.scales.float(), self.mins.float()])
+            # ours reads the stored tensors themselves (nibbles + float16 scales / mins): no copy in memory
+            self._packed = self.qweight.contiguous()
+            self._sz = (self.scales.contiguous(), self.mins.contiguous())
             return
+        codes = unpack_nibbles(self.qweight)
         self._packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 2)
         s, mn = self.scales.float(), self.mins.float()
         # [in/g, out, 2] in the activations' dtype (bf16, see KERNEL_MAX_ROWS)
