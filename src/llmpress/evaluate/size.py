@@ -14,6 +14,8 @@ def count_parameters(model: Any) -> dict[str, int]:
     """
     import torch
 
+    if hasattr(model, "count_parameters"):  # an exported model in its own runtime: counted at export
+        return model.count_parameters()
     seen: set[int] = set()
     total = nonzero = 0
     for p in model.parameters():
