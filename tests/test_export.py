@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -261,3 +260,25 @@ def test_bad_input_one_line_nonzero_nothing_written(tiny, tmp_path):
     onnx_art = export(tiny, make_config("onnx"))
     with pytest.raises(Exception, match="not a model in Hugging Face layout"):
         export(onnx_art, make_config("gguf"))
+
+
+def test_ort_genai_engine_serves_requests_side_by_side(onnx_fp32, tiny_model, prompts):
+    """The LLMEngine surface over ONNX Runtime GenAI: greedy equals torch; stop, abort and bad input behave."""
+    from llmpress.engine.backends.ort import OrtGenAIEngine
+    from llmpress.engine.sequence import SamplingParams
+    from llmpress.errors import DataError
+
+    eng = OrtGenAIEngine(onnx_fp32, max_batch=2)
+    seqs = [eng.add_request(p, SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)) for p in prompts]
+    gone = eng.add_request(prompts[0], SamplingParams(max_tokens=50, temperature=0.0))
+    eng.abort(gone)
+    for _ in range(40):
+        if not eng.has_work():
+            break
+        eng.step()
+    assert not eng.has_work() and gone.finish_reason == "abort"
+    for s, p in zip(seqs, prompts, strict=True):
+        assert s.finish_reason == "length" and s.output_ids == torch_greedy(tiny_model, p, 6)
+        assert isinstance(eng.text_of(s), str)
+    with pytest.raises(DataError):
+        eng.make_sequence([10**9], SamplingParams())

@@ -229,8 +229,9 @@ def write_gguf(src: Artifact, config: GgufConfig, dest: Path, progress: Any = No
         nonlocal exact
         kind = t.kind(module)
         if kind == "int4wo" and ttype == Q.Q4_1:  # stored codes -> Q4_1 blocks, no re-quantization
-            from llmpress.compress.quantize.layers import unpack_nibbles
             import torch
+
+            from llmpress.compress.quantize.layers import unpack_nibbles
 
             codes = unpack_nibbles(torch.from_numpy(t.raw[f"{module}.qweight"])).numpy()
             sc, mn = t.raw[f"{module}.scales"], t.raw[f"{module}.mins"]

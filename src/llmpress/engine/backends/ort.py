@@ -124,3 +124,179 @@ def load_triton(art: Artifact, **_: Any) -> OrtSessionLM:
         raise ManifestError(f"Triton repository {art.path} has no <model>/<version>/model.onnx",
                             "re-export it with `llmpress export --format triton`")
     return OrtSessionLM(files[-1], art.manifest)
+
+
+class OrtGenAIEngine:
+    """The serving surface of `LLMEngine` over ONNX Runtime GenAI, for `llmpress serve` of an onnx artifact.
+
+    Each request owns one `og.Generator` (its own KV cache inside ONNX Runtime GenAI); a step
+    advances every running request by one token: the runtime computes the logits, llmpress's own
+    sampler picks the token (so temperature, top-p/k, penalties, seeds, stop strings and logprobs
+    behave as in the torch engine), and the token is appended to the generator. ONNX Runtime
+    GenAI's Python API batches only requests that start together, so requests run side by side
+    (interleaved, one forward each per step), not fused into one batched forward.
+    """
+
+    def __init__(self, artifact: Artifact, max_batch: int = 8, max_waiting: int = 256) -> None:
+        import threading
+        from collections import deque
+
+        self.lm = OrtGenAILM(artifact.path, artifact.manifest)
+        self.og = self.lm.og
+        self.tokenizer = artifact.load_tokenizer()
+        genai = __import__("json").loads((artifact.path / "genai_config.json").read_text())
+        self.max_model_len = int(genai["model"].get("context_length") or 2048)
+        self.vocab_size = int(genai["model"].get("vocab_size") or 0)
+        self.max_batch = max_batch
+        self.max_waiting = max_waiting
+        eos = genai["model"].get("eos_token_id")
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if self.tokenizer.eos_token_id is not None:
+            self.eos_ids.add(int(self.tokenizer.eos_token_id))
+        self._inbox: deque[Any] = deque()
+        self._aborts: deque[Any] = deque()
+        self.waiting: deque[Any] = deque()
+        self.running: list[Any] = []
+        self._gens: dict[int, Any] = {}
+        self.lock = threading.Lock()
+        self.steps = 0
+        self.tokens_out = 0
+
+    # -- requests (the same contract as LLMEngine) ---------------------------------------
+    def make_sequence(self, prompt_ids: list[int], params: Any, request_id: str | None = None) -> Any:
+        from llmpress.engine.model_runner import check_context
+        from llmpress.engine.sequence import Sequence
+        from llmpress.errors import DataError
+
+        if not prompt_ids:
+            raise DataError("the prompt is empty", "send at least one token of prompt", param="prompt")
+        if min(prompt_ids) < 0 or (self.vocab_size and max(prompt_ids) >= self.vocab_size):
+            raise DataError(f"prompt token ids must be in [0, {self.vocab_size})",
+                            "send ids from this model's tokenizer", param="prompt")
+        if params.prompt_logprobs is not None:
+            raise ConfigError("prompt logprobs (echo scoring) are not available with ONNX Runtime GenAI",
+                              "serve the hf parent of this export for scoring", param="prompt_logprobs")
+        check_context(len(prompt_ids), params.max_tokens, self.max_model_len)
+        return Sequence(prompt_ids, params, request_id)
+
+    def add(self, seq: Any) -> None:
+        from llmpress.errors import OverloadedError
+
+        with self.lock:
+            if len(self._inbox) + len(self.waiting) >= self.max_waiting:
+                raise OverloadedError(f"the request queue is full ({self.max_waiting} waiting)",
+                                      "retry after a few seconds")
+            self._inbox.append(seq)
+
+    def add_request(self, prompt_ids: list[int], params: Any, request_id: str | None = None) -> Any:
+        seq = self.make_sequence(prompt_ids, params, request_id)
+        self.add(seq)
+        return seq
+
+    def abort(self, seq: Any) -> None:
+        with self.lock:
+            self._aborts.append(seq)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._inbox) + len(self.waiting)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    def has_work(self) -> bool:
+        return bool(self._inbox or self.waiting or self.running)
+
+    def text_of(self, seq: Any) -> str:
+        text = self.tokenizer.decode(seq.output_ids, skip_special_tokens=True)
+        cut = getattr(seq, "stop_text_len", None)
+        return text[:cut] if cut is not None else text
+
+    # -- the step ------------------------------------------------------------------------
+    def _drop(self, seq: Any, reason: str) -> None:
+        if seq in self.running:
+            self.running.remove(seq)
+        if seq in self.waiting:
+            self.waiting.remove(seq)
+        self._gens.pop(seq.seq_id, None)
+        seq.finish(reason)
+
+    def step(self) -> list[Any]:
+        """Admit, then advance every running request by one token; returns the touched sequences."""
+        import time
+
+        import torch
+
+        from llmpress.engine.sampler import sample, top_logprobs
+        from llmpress.engine.sequence import SequenceStatus
+
+        touched: list[Any] = []
+        with self.lock:
+            while self._inbox:
+                self.waiting.append(self._inbox.popleft())
+            while self._aborts:
+                seq = self._aborts.popleft()
+                if not seq.is_finished:
+                    self._drop(seq, "abort")
+                    touched.append(seq)
+        now = time.perf_counter()
+        for seq in list(self.running) + list(self.waiting):
+            if seq.params.timeout is not None and now - seq.arrival > seq.params.timeout:
+                self._drop(seq, "timeout")
+                touched.append(seq)
+            elif seq.params.max_tokens == 0:
+                self._drop(seq, "length")
+                touched.append(seq)
+        while self.waiting and len(self.running) < self.max_batch:
+            seq = self.waiting.popleft()
+            params = self.og.GeneratorParams(self.lm.model)
+            params.set_search_options(max_length=len(seq) + seq.params.max_tokens, do_sample=False)
+            gen = self.og.Generator(self.lm.model, params)
+            try:
+                gen.append_tokens(np.asarray([seq.token_ids], dtype=np.int32))
+            except Exception as e:  # noqa: BLE001 - a runtime failure fails this request only
+                seq.error = f"{e.__class__.__name__}: {e}"
+                seq.finish("error")
+                touched.append(seq)
+                continue
+            seq.status = SequenceStatus.RUNNING
+            seq.num_computed = len(seq)
+            self._gens[seq.seq_id] = gen
+            self.running.append(seq)
+        if not self.running:
+            return touched
+        self.steps += 1
+        seqs = list(self.running)
+        logits = torch.from_numpy(np.stack([np.asarray(self._gens[s.seq_id].get_logits(), np.float32).reshape(-1)
+                                            for s in seqs]))
+        tokens = sample(logits.clone(), seqs)
+        now = time.perf_counter()
+        for i, seq in enumerate(seqs):
+            tok = int(tokens[i])
+            p = seq.params
+            seq.token_ids.append(tok)
+            self.tokens_out += 1
+            if p.logprobs is not None:
+                r = top_logprobs(logits[i:i + 1], [tok], p.logprobs)[0]
+                seq.logprobs.append(r)
+            if seq.first_token_time is None:
+                seq.first_token_time = now
+            reason = None
+            if (tok in self.eos_ids and not p.ignore_eos) or tok in p.stop_token_ids:
+                reason = "stop"
+            elif p.stop:
+                text = self.tokenizer.decode(seq.output_ids, skip_special_tokens=True)
+                cuts = [text.find(s) for s in p.stop if s and s in text]
+                if cuts:
+                    seq.stop_text_len = min(cuts)
+                    reason = "stop"
+            if reason is None and seq.num_output_tokens >= p.max_tokens:
+                reason = "length"
+            if reason:
+                self._drop(seq, reason)
+            else:
+                self._gens[seq.seq_id].append_tokens(np.asarray([[tok]], dtype=np.int32))
+                seq.num_computed = len(seq)
+            touched.append(seq)
+        return touched

@@ -1,0 +1,73 @@
+"""SmolLM2-135M exports against the quality gates: fp32 ONNX and f32 GGUF reproduce the source
+(perplexity within 0.1 %, greedy first 32 tokens identical on 8 prompts); int4 ONNX and q4_1 GGUF
+stay within 1 percentage point of llmpress's own int4 (group 32) on the same windows."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+EVAL_TOKENS = 2048
+
+
+@pytest.fixture(scope="module")
+def texts():
+    from llmpress.data import load_corpus
+
+    return load_corpus("builtin:pydoc").split("eval")
+
+
+@pytest.fixture(scope="module")
+def source(smollm2, texts):
+    from llmpress.evaluate import perplexity
+    from llmpress.export.verify import probe_prompts
+
+    model = smollm2.load_model(dtype=torch.float32)
+    tok = smollm2.load_tokenizer()
+    ppl = perplexity(model, tok, texts, max_tokens=EVAL_TOKENS)["perplexity"]
+    prompts = probe_prompts(tok, 8, 24)
+    with torch.inference_mode():
+        greedy = [model.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                                 max_new_tokens=32, min_new_tokens=32, do_sample=False)[0, len(p):].tolist()
+                  for p in prompts]
+    return {"ppl": ppl, "prompts": prompts, "greedy": greedy, "tok": tok}
+
+
+@pytest.fixture(scope="module")
+def llmpress_int4(smollm2, texts, source):
+    from llmpress.compress.quantize import make_config, quantize
+    from llmpress.evaluate import perplexity
+
+    art = quantize(smollm2, make_config("int4-weight-only", group_size=32))
+    ppl = perplexity(art.load_model(), source["tok"], texts, max_tokens=EVAL_TOKENS)["perplexity"]
+    return art, (ppl / source["ppl"] - 1) * 100
+
+
+def _ppl(art, source, texts) -> float:
+    from llmpress.evaluate import perplexity
+
+    return perplexity(art.load_model(), source["tok"], texts, max_tokens=EVAL_TOKENS)["perplexity"]
+
+
+@pytest.mark.parametrize("fmt,precision", [("onnx", "fp32"), ("gguf", "f32")])
+def test_fp32_exports_reproduce_the_source(smollm2, source, texts, fmt, precision):
+    from llmpress.export import export, make_config
+
+    art = export(smollm2, make_config(fmt, precision=precision))
+    ppl = _ppl(art, source, texts)
+    assert abs(ppl / source["ppl"] - 1) < 1e-3, (ppl, source["ppl"])
+    got = art.load_model().greedy(source["prompts"], 32)
+    assert got == source["greedy"]
+
+
+@pytest.mark.parametrize("fmt,precision", [("onnx", "int4"), ("gguf", "q4_1")])
+def test_int4_exports_within_one_point_of_llmpress_int4(smollm2, source, texts, llmpress_int4, fmt, precision):
+    from llmpress.export import export, make_config
+
+    int4, int4_delta = llmpress_int4
+    # GGUF q4_1 is written from llmpress's own int4 g32 blocks; ONNX int4 is quantized by MatMulNBits from fp32.
+    art = export(int4 if fmt == "gguf" else smollm2, make_config(fmt, precision=precision))
+    delta = (_ppl(art, source, texts) / source["ppl"] - 1) * 100
+    assert abs(delta - int4_delta) <= 1.0, (fmt, delta, int4_delta)
