@@ -69,7 +69,10 @@ def build_onnx(src: Artifact, config: OnnxConfig, dest: Path, progress: Any = No
            "-p", config.precision, "-e", "cpu"]
     extra = []
     if config.precision in ("int4", "int8"):
-        extra += [f"block_size={config.block_size}", f"is_symmetric={str(config.symmetric).lower()}",
+        # algo_config=rtn: the builder's default algorithm writes an invalid graph (a dangling int8 head
+        # weight) when a tied embedding shares the int8 head; with rtn the embedding is GatherBlockQuantized
+        # on the very same int8 blocks, as llmpress's int4 shares its int8 head with the embedding.
+        extra += ["algo_config=rtn", f"block_size={config.block_size}", f"is_symmetric={str(config.symmetric).lower()}",
                   f"accuracy_level={config.accuracy_level}"]
         if config.precision == "int4" and config.head_int8:
             extra.append("matmul_mixed_precision=last_matmul:int8")
