@@ -162,7 +162,10 @@ def test_gguf_quantized_precisions_from_float(tiny):
 
 def test_triton_repository_parses_as_model_config_and_runs_in_onnxruntime(tiny, tiny_model, prompts, tmp_path):
     from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
+
+    from llmpress.export.triton import model_config_pb2 as pb2
+
+    model_config_pb2 = pb2()
 
     out = tmp_path / "repo"
     r = llmpress("export", "builtin:tiny-llama", "--format", "triton", "--out", str(out), "--no-eval",

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from llmpress.artifact import Artifact, Step, create_artifact
-from llmpress.errors import ConfigError, SourceError
+from llmpress.errors import ConfigError, LlmpressError, SourceError
 
 FORMATS: dict[str, ExportFormat] = {}
 
@@ -136,7 +136,14 @@ def export(src: Artifact, config: ExportConfig, out: Path | None = None, name: s
                          format=fmt.name, loader=fmt.loader, dest=out) as w:
         facts = fmt.write(src, config, w.path, progress)
         task = progress.add_task(f"verify {fmt.name} against {src.name}", total=None) if progress else None
-        verification = fmt.verify(w.path, src, config, facts)
+        try:
+            verification = fmt.verify(w.path, src, config, facts)
+        except LlmpressError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a runtime's own exception: the export is unusable
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ExportError(f"the exported {fmt.name} files do not load back in their runtime ({first})",
+                              "nothing was written; report this with the model's config.json") from e
         if progress is not None:
             progress.update(task, total=1, completed=1)
         w.manifest.extra["export"] = {"format": fmt.name, "precision": config.precision, "params": params,

@@ -50,13 +50,32 @@ class TritonConfig(OnnxConfig):
                               "use letters, digits, '_', '-', '.'")
 
 
+_PB2: Any = None
+
+
 def model_config_pb2() -> Any:
-    try:
-        from tritonclient.grpc import model_config_pb2
-    except ImportError as e:
+    """Triton's generated `model_config_pb2` from the tritonclient package.
+
+    Loaded from its file: `tritonclient.grpc/__init__` needs grpcio (a RuntimeError without it),
+    while the message module needs only protobuf.
+    """
+    global _PB2
+    if _PB2 is not None:
+        return _PB2
+    import importlib.util
+
+    spec = importlib.util.find_spec("tritonclient")
+    path = Path(next(iter(spec.submodule_search_locations or []), "")) / "grpc" / "model_config_pb2.py" \
+        if spec else None
+    if path is None or not path.is_file():
         raise ConfigError("a Triton export needs Triton's ModelConfig message from the tritonclient package",
-                          "pip install 'llmpress[onnx]'") from e
-    return model_config_pb2
+                          "pip install 'llmpress[onnx]'")
+    mspec = importlib.util.spec_from_file_location("tritonclient.grpc.model_config_pb2", path)
+    assert mspec is not None and mspec.loader is not None
+    module = importlib.util.module_from_spec(mspec)
+    mspec.loader.exec_module(module)
+    _PB2 = module
+    return module
 
 
 def _io(graph_values: Any, batched: bool) -> list[dict[str, Any]]:
