@@ -171,7 +171,8 @@ def _tokenizer_metadata(w: Any, tok: Any, vocab_size: int) -> str:
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
     pre = data.get("pre_tokenizer") or {}
     kinds = [p.get("type") for p in pre.get("pretokenizers", [])] if pre.get("type") == "Sequence" else [pre.get("type")]
-    name = "smollm" if kinds == ["Digits", "ByteLevel"] else "gpt2" if kinds == ["ByteLevel"] else "default"
+    # llama.cpp's pre-tokenizer names: "smollm" = digits one by one + GPT-2's regex, "gpt-2" = GPT-2's regex
+    name = "smollm" if kinds == ["Digits", "ByteLevel"] else "gpt-2" if kinds == ["ByteLevel"] else "default"
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre(name)
     w.add_token_list(tokens)
