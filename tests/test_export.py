@@ -238,7 +238,7 @@ def _state() -> tuple[set[str], set[str]]:
     return {p.name for p in artifacts_dir().iterdir()}, {r.id for r in get_registry().list()}
 
 
-def test_bad_input_one_line_nonzero_nothing_written(tiny, tmp_path):
+def test_bad_input_one_line_nonzero_nothing_written(tiny, onnx_fp32, tmp_path):
     from llmpress.export import export, make_config
     from llmpress.export.base import ExportFormat, check_runtime
     from llmpress.export.onnx import OnnxConfig
@@ -246,11 +246,11 @@ def test_bad_input_one_line_nonzero_nothing_written(tiny, tmp_path):
     taken = tmp_path / "taken"
     taken.mkdir()
     other = tmp_path / "qwen"
-    shutil.copytree(tiny.path, other)
+    shutil.copytree(tiny.path, other, ignore=shutil.ignore_patterns("llmpress.json"))  # a plain HF directory
     cfg = json.loads((other / "config.json").read_text())
     (other / "config.json").write_text(json.dumps({**cfg, "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2"}))
     uneven = tmp_path / "uneven"
-    shutil.copytree(tiny.path, uneven)
+    shutil.copytree(tiny.path, uneven, ignore=shutil.ignore_patterns("llmpress.json"))
     (uneven / "config.json").write_text(json.dumps({**cfg, "num_attention_heads": 3, "head_dim": 32}))
     before = _state()
     cases = [
@@ -275,9 +275,8 @@ def test_bad_input_one_line_nonzero_nothing_written(tiny, tmp_path):
     with pytest.raises(Exception, match=r"llmpress_no_such_runtime.*pip install 'llmpress\[onnx\]'"):
         check_runtime(fake)
     # an adapter / export artifact is not a source
-    onnx_art = export(tiny, make_config("onnx"))
     with pytest.raises(Exception, match="not a model in Hugging Face layout"):
-        export(onnx_art, make_config("gguf"))
+        export(onnx_fp32, make_config("gguf"))
 
 
 def test_ort_genai_engine_serves_requests_side_by_side(onnx_fp32, tiny_model, prompts):
@@ -300,3 +299,17 @@ def test_ort_genai_engine_serves_requests_side_by_side(onnx_fp32, tiny_model, pr
         assert isinstance(eng.text_of(s), str)
     with pytest.raises(DataError):
         eng.make_sequence([10**9], SamplingParams())
+
+
+def test_pruned_model_with_explicit_head_dim_exports_exactly(tiny):
+    """Structured pruning leaves 2 heads of 32 in a 128-wide model (head_dim != hidden / heads): both
+    formats carry the head size explicitly and reproduce the pruned model."""
+    from llmpress.compress.prune import PruneConfig, prune
+    from llmpress.export import export, make_config
+
+    pruned = prune(tiny, PruneConfig(method="structured", heads="50%", mlp="25%", calibration_samples=2, seq_len=32))
+    cfg = json.loads((pruned.path / "config.json").read_text())
+    assert cfg["num_attention_heads"] * cfg["head_dim"] != cfg["hidden_size"]
+    for fmt in ("gguf", "onnx"):
+        v = export(pruned, make_config(fmt)).manifest.extra["export"]["verification"]
+        assert v["exact"] and v["max_abs_logit_diff"] < 1e-3 and v["greedy_identical"] == v["prompts"], fmt
