@@ -57,6 +57,7 @@ def test_fp32_exports_reproduce_the_source(smollm2, source, texts, fmt, precisio
 
     art = export(smollm2, make_config(fmt, precision=precision))
     ppl = _ppl(art, source, texts)
+    print(f"\n{fmt} {precision}: ppl {ppl:.4f} vs source {source['ppl']:.4f} ({(ppl / source['ppl'] - 1) * 100:+.4f} %)")
     assert abs(ppl / source["ppl"] - 1) < 1e-3, (ppl, source["ppl"])
     got = art.load_model().greedy(source["prompts"], 32)
     assert got == source["greedy"]
@@ -70,4 +71,5 @@ def test_int4_exports_within_one_point_of_llmpress_int4(smollm2, source, texts, 
     # GGUF q4_1 is written from llmpress's own int4 g32 blocks; ONNX int4 is quantized by MatMulNBits from fp32.
     art = export(int4 if fmt == "gguf" else smollm2, make_config(fmt, precision=precision))
     delta = (_ppl(art, source, texts) / source["ppl"] - 1) * 100
+    print(f"\n{fmt} {precision}: Δppl {delta:+.3f} % vs llmpress int4 g32 {int4_delta:+.3f} %")
     assert abs(delta - int4_delta) <= 1.0, (fmt, delta, int4_delta)

@@ -145,6 +145,7 @@ def formats_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON."
     """List export formats, their precisions, what loads them and the extra that installs the runtime."""
 
     def body() -> None:
+        from rich.markup import escape
         from rich.table import Table
 
         from llmpress.export import FORMATS, format_names
@@ -159,7 +160,7 @@ def formats_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON."
         for c in ("format", "precisions", "extra", "what it writes"):
             t.add_column(c)
         for r in rows:
-            t.add_row(r["format"], ", ".join(r["precisions"]), f"llmpress[{r['extra']}]", r["summary"])
+            t.add_row(r["format"], ", ".join(r["precisions"]), escape(f"llmpress[{r['extra']}]"), r["summary"])
         out.print(t)
 
     run_guarded(body)
