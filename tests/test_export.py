@@ -239,6 +239,7 @@ def _state() -> tuple[set[str], set[str]]:
 
 
 def test_bad_input_one_line_nonzero_nothing_written(tiny, onnx_fp32, tmp_path):
+    from llmpress.errors import ConfigError
     from llmpress.export import export, make_config
     from llmpress.export.base import ExportFormat, check_runtime
     from llmpress.export.onnx import OnnxConfig
@@ -272,8 +273,9 @@ def test_bad_input_one_line_nonzero_nothing_written(tiny, onnx_fp32, tmp_path):
     # a missing optional runtime is named with the extra that installs it
     fake = ExportFormat("x", OnnxConfig, lambda *a: {}, lambda *a: {}, ("fp32",), "onnx", "",
                         requires=("llmpress_no_such_runtime",), extra="onnx")
-    with pytest.raises(Exception, match=r"llmpress_no_such_runtime.*pip install 'llmpress\[onnx\]'"):
+    with pytest.raises(ConfigError) as err:
         check_runtime(fake)
+    assert "llmpress_no_such_runtime" in err.value.message and err.value.fix == "pip install 'llmpress[onnx]'"
     # an adapter / export artifact is not a source
     with pytest.raises(Exception, match="not a model in Hugging Face layout"):
         export(onnx_fp32, make_config("gguf"))
