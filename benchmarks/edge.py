@@ -46,19 +46,20 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    markers = {"llmpress": "o", "onnx": "s", "gguf": "^"}
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    style = {"llmpress": ("o", "tab:blue"), "onnx": ("s", "tab:orange"), "gguf": ("^", "tab:green")}
+    fastest = max((r["b1_tok_s"] or 0) for r in rows) or 1.0
     for r in rows:
         if r["delta_ppl_pct"] is None:
             continue
-        ax.scatter(r["size_mb"], r["delta_ppl_pct"], marker=markers.get(r["format"], "x"),
-                   s=40 + 4 * (r["b1_tok_s"] or 0), alpha=0.7, label=r["format"])
-        ax.annotate(f"{r['variant']}\n{(r['b1_tok_s'] or 0):.0f} tok/s", (r["size_mb"], r["delta_ppl_pct"]),
-                    fontsize=7, xytext=(4, 4), textcoords="offset points")
-    handles, labels = ax.get_legend_handles_labels()
-    uniq = dict(zip(labels, handles, strict=False))
-    ax.legend(uniq.values(), uniq.keys())
+        marker, color = style.get(r["format"], ("x", "tab:gray"))
+        ax.scatter(r["size_mb"], r["delta_ppl_pct"], marker=marker, color=color, alpha=0.6,
+                   s=30 + 300 * (r["b1_tok_s"] or 0) / fastest)
+        ax.annotate(f"{r['variant']} ({(r['b1_tok_s'] or 0):.0f} tok/s)", (r["size_mb"], r["delta_ppl_pct"]),
+                    fontsize=7, xytext=(5, 3), textcoords="offset points")
+    ax.legend(handles=[Line2D([], [], marker=m, color=c, linestyle="", label=f) for f, (m, c) in style.items()])
     ax.set_xlabel("MB on disk")
     ax.set_ylabel("Δ perplexity vs fp32 source (%)")
     ax.set_title(title + " (marker area ~ batch-1 tok/s)")
