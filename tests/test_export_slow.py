@@ -61,7 +61,8 @@ def test_fp32_exports_reproduce_the_source(smollm2, source, texts, fmt, precisio
     ppl = _ppl(art, source, texts)
     print(f"\n{fmt} {precision}: ppl {ppl:.4f} vs source {source['ppl']:.4f} ({(ppl / source['ppl'] - 1) * 100:+.4f} %)")
     assert abs(ppl / source["ppl"] - 1) < 1e-3, (ppl, source["ppl"])
-    got = art.load_model().greedy(source["prompts"], 32)
+    rt = art.load_model()
+    got = [rt.greedy([p], 32)[0] for p in source["prompts"]]
     same = sum(a == b for a, b in zip(got, source["greedy"], strict=True))
     print(f"{fmt} {precision}: greedy first 32 tokens identical on {same}/{len(got)} prompts")
     assert got == source["greedy"]

@@ -61,7 +61,7 @@ def compare(runtime: RuntimeLM, src: Artifact, exact: bool, prompts: int = 2, pr
         diffs.append(float(np.abs(got - ref).max()))
         agree += int((got.argmax(-1) == ref.argmax(-1)).sum())
         total += len(p)
-    conts = runtime.greedy(ps, new_tokens)
+    conts = [runtime.greedy([p], new_tokens)[0] for p in ps]  # one by one: exact argmax, EOS included
     same = sum(int(a == b) for a, b in zip(conts, ref_conts, strict=True))
     facts = {"runtime": runtime.runtime, "prompts": len(ps), "prompt_tokens": prompt_tokens,
              "max_abs_logit_diff": max(diffs), "top1_agreement": agree / total,

@@ -98,16 +98,29 @@ class OrtGenAILM(OrtSessionLM):
         og = self.og
         total = len(prompts[0]) + new_tokens
         params = og.GeneratorParams(self.model)
-        # min_length holds EOS back, so every row yields exactly new_tokens tokens.
-        params.set_search_options(max_length=total, min_length=total, do_sample=False, batch_size=len(prompts))
+        if len(prompts) > 1:
+            # A batch: ONNX Runtime GenAI's own greedy search (it appends tokens only once per batched
+            # generator); min_length holds EOS back so every row yields exactly new_tokens tokens.
+            params.set_search_options(max_length=total, min_length=total, do_sample=False, batch_size=len(prompts))
+            gen = og.Generator(self.model, params)
+            gen.append_tokens(np.asarray(prompts, dtype=np.int32))
+            rows: list[list[int]] = [[] for _ in prompts]
+            for _ in range(new_tokens):
+                gen.generate_next_token()
+                for row, t in zip(rows, gen.get_next_tokens().tolist(), strict=True):
+                    row.append(int(t))
+            return rows
+        # One sequence: the argmax is taken here and fed back with append_tokens, so EOS is a token like
+        # any other (chosen when it wins, then decoding goes on), exactly as llmpress's torch loops do.
+        params.set_search_options(max_length=total, do_sample=False)
         gen = og.Generator(self.model, params)
         gen.append_tokens(np.asarray(prompts, dtype=np.int32))
-        out: list[list[int]] = [[] for _ in prompts]
-        for _ in range(new_tokens):
-            gen.generate_next_token()
-            for row, t in zip(out, gen.get_next_tokens().tolist(), strict=True):
-                row.append(int(t))
-        return out
+        out: list[int] = []
+        for i in range(new_tokens):
+            out.append(int(np.asarray(gen.get_logits()).reshape(-1).argmax()))
+            if i + 1 < new_tokens:
+                gen.append_tokens(np.asarray([[out[-1]]], dtype=np.int32))
+        return [out]
 
 
 @register_loader("onnx")
