@@ -208,6 +208,7 @@ def test_triton_repository_parses_as_model_config_and_runs_in_onnxruntime(tiny, 
     assert rt.greedy([prompts[1]], 5) == [torch_greedy(tiny_model, prompts[1], 5)]
 
 
+@pytest.mark.slow  # five fresh-process evaluations: ~1-2 min
 def test_eval_measures_exports_like_any_artifact(tiny, onnx_fp32, gguf_f32):
     common = ["--max-tokens", "300", "--batch-sizes", "1,2", "--new-tokens", "4", "--repeats", "1", "--json"]
     src = json.loads(llmpress("eval", tiny.id, "--no-speed", *common).stdout)
@@ -303,6 +304,7 @@ def test_ort_genai_engine_serves_requests_side_by_side(onnx_fp32, tiny_model, pr
         eng.make_sequence([10**9], SamplingParams())
 
 
+@pytest.mark.slow  # prunes with calibration, then two exports: ~1 min
 def test_pruned_model_with_explicit_head_dim_exports_exactly(tiny):
     """Structured pruning leaves 2 heads of 32 in a 128-wide model (head_dim != hidden / heads): both
     formats carry the head size explicitly and reproduce the pruned model."""
