@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from llmpress.artifact import Artifact, Step, create_artifact
-from llmpress.errors import ConfigError, LlmpressError, SourceError
+from llmpress.errors import ConfigError, LlmpressError
 
 FORMATS: dict[str, ExportFormat] = {}
 
@@ -152,7 +152,3 @@ def export(src: Artifact, config: ExportConfig, out: Path | None = None, name: s
     assert w.artifact is not None
     return w.artifact
 
-
-def require(ok: bool, message: str, fix: str) -> None:
-    if not ok:
-        raise SourceError(message, fix)
