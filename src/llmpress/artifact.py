@@ -25,7 +25,7 @@ from typing import Any
 from llmpress.errors import IntegrityError, ManifestError, NotFoundError
 
 MANIFEST = "llmpress.json"
-FORMATS = ("hf", "onnx", "adapter")
+FORMATS = ("hf", "onnx", "adapter", "gguf", "triton")
 
 
 def home() -> Path:
@@ -120,6 +120,9 @@ _LOADER_MODULES: dict[str, str] = {
     "tokenizer": "llmpress.sources.hf",
     "quantized": "llmpress.compress.quantize",
     "adapter": "llmpress.tune.adapters",
+    "onnx": "llmpress.engine.backends.ort",
+    "triton": "llmpress.engine.backends.ort",
+    "gguf": "llmpress.engine.backends.llamacpp",
 }
 _LOADERS: dict[str, Callable[..., Any]] = {}
 

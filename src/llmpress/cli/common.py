@@ -115,7 +115,10 @@ def run_guarded(fn: Callable[[], Any]) -> Any:
     try:
         return fn()
     except LlmpressError as e:
-        console.print(f"[bold red]error:[/] {e.one_line()}", highlight=False, soft_wrap=True)
+        from rich.markup import escape
+
+        # escaped: a fix like "pip install 'llmpress[onnx]'" must not be read as rich markup
+        console.print(f"[bold red]error:[/] {escape(e.one_line())}", highlight=False, soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: nothing half-written was kept")

@@ -71,6 +71,12 @@ def make_generate(model: Any, tokenizer: Any, runner: str) -> Callable[[Any, int
     """A function (input_ids [B, P], new_tokens) -> generated ids [B, new_tokens], EOS ignored."""
     import torch
 
+    if hasattr(model, "greedy_generate"):  # an exported model in its own runtime (engine/backends)
+        def runtime(ids: Any, n: int) -> Any:
+            return model.greedy_generate(ids, n)
+
+        runtime.runner = model.runtime  # type: ignore[attr-defined]
+        return runtime
     if runner == "hf":
 
         def hf(ids: Any, n: int) -> Any:

@@ -1,0 +1,319 @@
+"""Exports of tiny-llama to onnx, gguf and triton, loaded back with the real runtimes and compared
+with the source; lineage and registry rows; bad input -> one line, non-zero exit, nothing written."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+
+def llmpress(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, COLUMNS="200")
+    return subprocess.run([sys.executable, "-m", "llmpress.cli.main", *args], capture_output=True, text=True,
+                          env=env, timeout=900)
+
+
+def torch_greedy(model, ids: list[int], n: int) -> list[int]:
+    out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                         max_new_tokens=n, min_new_tokens=n, do_sample=False)
+    return out[0, len(ids):].tolist()
+
+
+@pytest.fixture(scope="module")
+def prompts(tiny):
+    tok = tiny.load_tokenizer()
+    a = tok("def add(a, b):\n    return a + b  # a small python example", add_special_tokens=False)["input_ids"]
+    b = tok("The quick brown fox jumps over the lazy dog, twice over.", add_special_tokens=False)["input_ids"]
+    return [a[:12], b[:12]]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny):
+    return tiny.load_model(dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def onnx_fp32(tiny):
+    from llmpress.export import export, make_config
+
+    return export(tiny, make_config("onnx", precision="fp32"))
+
+
+@pytest.fixture(scope="module")
+def gguf_f32(tiny):
+    from llmpress.export import export, make_config
+
+    return export(tiny, make_config("gguf", precision="fp32"))
+
+
+def test_onnx_fp32_is_a_verified_child_that_onnxruntime_genai_runs(tiny, onnx_fp32, tiny_model, prompts):
+    from llmpress.engine.backends.ort import OrtGenAILM
+    from llmpress.registry import get_registry
+
+    art = onnx_fp32
+    m = art.manifest
+    assert (m.format, m.loader, m.parent, m.step.name) == ("onnx", "onnx", tiny.id, "export")
+    assert m.step.params["format"] == "onnx" and m.step.params["precision"] == "fp32"
+    row = get_registry().get(art.id)
+    assert (row.parent_id, row.format, row.step_name) == (tiny.id, "onnx", "export")
+    for f in ("model.onnx", "genai_config.json", "tokenizer.json"):
+        assert (art.path / f).is_file(), f
+    genai = json.loads((art.path / "genai_config.json").read_text())
+    assert genai["model"]["decoder"]["num_key_value_heads"] == 2
+    v = m.extra["export"]["verification"]
+    assert v["exact"] and v["max_abs_logit_diff"] < 1e-3 and v["greedy_identical"] == v["prompts"]
+    rt = art.load_model()
+    assert isinstance(rt, OrtGenAILM)
+    with torch.no_grad():
+        ref = tiny_model(input_ids=torch.tensor([prompts[0]])).logits[0].numpy()
+    assert np.abs(rt.logits(prompts[0]) - ref).max() < 1e-3
+    # batched greedy through ONNX Runtime GenAI == torch greedy, row by row
+    same_len = [p[:10] for p in prompts]
+    assert rt.greedy(same_len, 6) == [torch_greedy(tiny_model, p, 6) for p in same_len]
+
+
+def test_onnx_int4_uses_matmulnbits_block_32(tiny):
+    import onnx
+
+    from llmpress.export import export, make_config
+
+    art = export(tiny, make_config("onnx", precision="int4"))
+    graph = onnx.load(str(art.path / "model.onnx"), load_external_data=False).graph
+    nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
+    assert nbits, "int4 export has no MatMulNBits node"
+    attrs = {a.name: a.i for a in nbits[0].attribute}
+    assert attrs["block_size"] == 32 and attrs["bits"] == 4
+    assert {a.i for n in nbits for a in n.attribute if a.name == "bits"} == {4, 8}  # int8 head, int4 body
+    v = art.manifest.extra["export"]["verification"]
+    assert v["runtime"] == "onnxruntime-genai" and not v["exact"] and v["top1_agreement"] > 0.5
+    assert art.bytes_on_disk() < 0.5 * sum(p.stat().st_size for p in tiny.path.glob("*.safetensors"))
+
+
+def test_gguf_f32_round_trips_through_our_gguf_import(tiny, gguf_f32, tiny_model):
+    import gguf
+
+    from llmpress.sources import resolve
+
+    art = gguf_f32
+    assert (art.manifest.format, art.manifest.loader, art.manifest.parent) == ("gguf", "gguf", tiny.id)
+    reader = gguf.GGUFReader(art.path / "model.gguf")
+    assert {t.tensor_type.name for t in reader.tensors} == {"F32"}
+    assert bytes(reader.fields["general.architecture"].parts[-1]).decode() == "llama"
+    back = resolve(str(art.path / "model.gguf"))  # sources/gguf.py: the import path users have
+    model = back.load_model(dtype=torch.float32)
+    ref = tiny_model.state_dict()
+    got = model.state_dict()
+    for k, v in ref.items():
+        assert torch.equal(got[k], v), k
+    v = art.manifest.extra["export"]["verification"]
+    assert v["exact"] and v["max_abs_logit_diff"] < 1e-3 and v["greedy_identical"] == v["prompts"]
+
+
+def test_gguf_runs_in_llama_cpp_when_installed(gguf_f32, tiny_model, prompts):
+    pytest.importorskip("llama_cpp")
+    from llmpress.engine.backends.llamacpp import LlamaCppLM
+
+    rt = LlamaCppLM(gguf_f32.path)
+    with torch.no_grad():
+        ref = tiny_model(input_ids=torch.tensor([prompts[0]])).logits[0].numpy()
+    assert np.abs(rt.logits(prompts[0]) - ref).max() < 1e-3
+    assert rt.greedy(prompts, 6) == [torch_greedy(tiny_model, p, 6) for p in prompts]
+    # llama.cpp's own tokenizer reads the vocabulary and merges written into the file
+    text = "def add(a, b):\n    return a + b"
+    assert rt.llm.tokenize(text.encode(), add_bos=False, special=False) == \
+        gguf_f32.load_tokenizer()(text, add_special_tokens=False)["input_ids"]
+
+
+def test_gguf_q4_1_from_int4_g32_maps_without_requantizing(tiny):
+    import gguf
+    from gguf import quants
+
+    from llmpress.compress.quantize import make_config as qconfig
+    from llmpress.compress.quantize import quantize
+    from llmpress.compress.quantize.layers import Int4WeightOnlyLinear
+    from llmpress.export import export, make_config
+    from llmpress.export.base import ExportError
+
+    q32 = quantize(tiny, qconfig("int4-weight-only", group_size=32))
+    art = export(q32, make_config("gguf", precision="int4"))  # int4 -> q4_1
+    facts = art.manifest.extra["export"]
+    assert facts["gguf_type"] == "q4_1" and facts["from_quantized"] == "int4-weight-only"
+    assert facts["tensors_mapped_without_requantizing"] == 2 * 7 + 1  # 7 linears a layer + the int8 head
+    reader = gguf.GGUFReader(art.path / "model.gguf")
+    t = {x.name: x for x in reader.tensors}
+    assert t["blk.0.attn_v.weight"].tensor_type.name == "Q4_1" and t["token_embd.weight"].tensor_type.name == "Q8_0"
+    got = quants.dequantize(t["blk.0.attn_v.weight"].data, gguf.GGMLQuantizationType.Q4_1)
+    from safetensors.torch import load_file
+
+    sd = load_file(str(q32.path / "model.safetensors"))
+    lin = Int4WeightOnlyLinear(128, 64, group_size=32)
+    pre = "model.layers.0.self_attn.v_proj."
+    lin.qweight, lin.scales, lin.mins = sd[pre + "qweight"], sd[pre + "scales"], sd[pre + "mins"]
+    assert np.array_equal(got, lin.dequantize().numpy())  # bit-exact: same codes, scales and mins
+    assert art.manifest.extra["export"]["verification"]["top1_agreement"] > 0.9
+    q64 = quantize(tiny, qconfig("int4-weight-only", group_size=64))
+    with pytest.raises(ExportError, match="group size 32"):
+        export(q64, make_config("gguf", precision="q4_1"))
+
+
+def test_gguf_quantized_precisions_from_float(tiny):
+    import gguf
+
+    from llmpress.export import export, make_config
+
+    art = export(tiny, make_config("gguf", precision="q4_0"))
+    types = {x.name: x.tensor_type.name for x in gguf.GGUFReader(art.path / "model.gguf").tensors}
+    assert types["blk.1.ffn_down.weight"] == "Q4_0" and types["token_embd.weight"] == "Q8_0"
+    assert types["blk.1.attn_norm.weight"] == "F32"
+    assert art.manifest.extra["export"]["verification"]["top1_agreement"] > 0.5
+
+
+def test_triton_repository_parses_as_model_config_and_runs_in_onnxruntime(tiny, tiny_model, prompts, tmp_path):
+    from google.protobuf import text_format
+
+    from llmpress.export.triton import model_config_pb2 as pb2
+
+    model_config_pb2 = pb2()
+
+    out = tmp_path / "repo"
+    r = llmpress("export", "builtin:tiny-llama", "--format", "triton", "--out", str(out), "--no-eval",
+                 "--model-name", "tiny", "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["format"] == "triton" and res["parent"] == tiny.id
+    mc = text_format.Parse((out / "tiny" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert (mc.name, mc.backend, mc.max_batch_size) == ("tiny", "onnxruntime", 8)
+    assert list(mc.dynamic_batching.preferred_batch_size) == [4, 8]
+    assert mc.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(out / "tiny" / "1" / "model.onnx"))
+    assert {i.name for i in mc.input} == {i.name for i in sess.get_inputs()}
+    assert {o.name for o in mc.output} == {o.name for o in sess.get_outputs()}
+    logits = next(o for o in mc.output if o.name == "logits")
+    assert list(logits.dims) == [-1, tiny_model.config.vocab_size]
+    from llmpress.artifact import Artifact
+
+    rt = Artifact.open(out).load_model()
+    with torch.no_grad():
+        ref = tiny_model(input_ids=torch.tensor([prompts[1]])).logits[0].numpy()
+    assert np.abs(rt.logits(prompts[1]) - ref).max() < 1e-3
+    assert rt.greedy([prompts[1]], 5) == [torch_greedy(tiny_model, prompts[1], 5)]
+
+
+@pytest.mark.slow  # five fresh-process evaluations: ~1-2 min
+def test_eval_measures_exports_like_any_artifact(tiny, onnx_fp32, gguf_f32):
+    common = ["--max-tokens", "300", "--batch-sizes", "1,2", "--new-tokens", "4", "--repeats", "1", "--json"]
+    src = json.loads(llmpress("eval", tiny.id, "--no-speed", *common).stdout)
+    for art, runtime in ((onnx_fp32, "onnxruntime-genai"), (gguf_f32, None)):
+        r = llmpress("eval", art.id, *common)
+        assert r.returncode == 0, r.stderr
+        res = json.loads(r.stdout)
+        q = res["quality"]
+        assert q["tokens"] == src["quality"]["tokens"]  # the same windows
+        assert abs(q["perplexity"] / src["quality"]["perplexity"] - 1) < 1e-3
+        assert abs(q["delta_ppl_pct"]) < 0.1
+        assert res["speed"]["decode"]["b2"]["tok_s"]["median"] > 0 and res["speed"]["peak_rss_mb"] > 0
+        assert runtime is None or res["speed"]["runner"] == runtime
+        assert res["size"]["params"] > 0 and res["size"]["bytes_on_disk"] == art.bytes_on_disk()
+    r = llmpress("export", "--recommend", "--max-memory-mb", "100000", "--max-quality-drop", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    rec = json.loads(r.stdout)
+    assert rec["best"] is not None and rec["best"]["fits"]
+    assert {onnx_fp32.id, gguf_f32.id} <= {c["id"] for c in rec["candidates"] if c["fits"]}
+    r = llmpress("export", "--recommend", "--max-memory-mb", "1", "--max-quality-drop", "1", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["best"] is None
+
+
+def _state() -> tuple[set[str], set[str]]:
+    from llmpress.artifact import artifacts_dir
+    from llmpress.registry import get_registry
+
+    return {p.name for p in artifacts_dir().iterdir()}, {r.id for r in get_registry().list()}
+
+
+def test_bad_input_one_line_nonzero_nothing_written(tiny, onnx_fp32, tmp_path):
+    from llmpress.errors import ConfigError
+    from llmpress.export import export, make_config
+    from llmpress.export.base import ExportFormat, check_runtime
+    from llmpress.export.onnx import OnnxConfig
+
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    other = tmp_path / "qwen"
+    shutil.copytree(tiny.path, other, ignore=shutil.ignore_patterns("llmpress.json"))  # a plain HF directory
+    cfg = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**cfg, "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2"}))
+    uneven = tmp_path / "uneven"
+    shutil.copytree(tiny.path, uneven, ignore=shutil.ignore_patterns("llmpress.json"))
+    (uneven / "config.json").write_text(json.dumps({**cfg, "num_attention_heads": 3, "head_dim": 32}))
+    before = _state()
+    cases = [
+        (["builtin:tiny-llama", "--format", "tflite"], "unknown export format"),
+        (["builtin:tiny-llama", "--format", "gguf", "--precision", "q3_k"], "has no precision"),
+        (["builtin:tiny-llama", "--format", "onnx", "--precision", "fp16"], "has no precision"),
+        (["builtin:tiny-llama", "--format", "gguf", "--block-size", "32"], "has no option block_size"),
+        (["builtin:tiny-llama", "--format", "gguf", "--out", str(taken)], "already exists"),
+        ([str(other), "--format", "gguf"], "GGUF export handles LlamaForCausalLM"),
+        ([str(uneven), "--format", "onnx"], "GroupQueryAttention"),
+        (["--recommend", "--max-memory-mb", "10"], "--recommend needs"),
+    ]
+    for args, expect in cases:
+        r = llmpress("export", *args, "--no-eval") if "--recommend" not in args else llmpress("export", *args)
+        assert r.returncode != 0, args
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and expect in lines[0], (args, r.stderr)
+    assert _state() == before and list(taken.iterdir()) == []
+    # a missing optional runtime is named with the extra that installs it
+    fake = ExportFormat("x", OnnxConfig, lambda *a: {}, lambda *a: {}, ("fp32",), "onnx", "",
+                        requires=("llmpress_no_such_runtime",), extra="onnx")
+    with pytest.raises(ConfigError) as err:
+        check_runtime(fake)
+    assert "llmpress_no_such_runtime" in err.value.message and err.value.fix == "pip install 'llmpress[onnx]'"
+    # an adapter / export artifact is not a source
+    with pytest.raises(Exception, match="not a model in Hugging Face layout"):
+        export(onnx_fp32, make_config("gguf"))
+
+
+def test_ort_genai_engine_serves_requests_side_by_side(onnx_fp32, tiny_model, prompts):
+    """The LLMEngine surface over ONNX Runtime GenAI: greedy equals torch; stop, abort and bad input behave."""
+    from llmpress.engine.backends.ort import OrtGenAIEngine
+    from llmpress.engine.sequence import SamplingParams
+    from llmpress.errors import DataError
+
+    eng = OrtGenAIEngine(onnx_fp32, max_batch=2)
+    seqs = [eng.add_request(p, SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)) for p in prompts]
+    gone = eng.add_request(prompts[0], SamplingParams(max_tokens=50, temperature=0.0))
+    eng.abort(gone)
+    for _ in range(40):
+        if not eng.has_work():
+            break
+        eng.step()
+    assert not eng.has_work() and gone.finish_reason == "abort"
+    for s, p in zip(seqs, prompts, strict=True):
+        assert s.finish_reason == "length" and s.output_ids == torch_greedy(tiny_model, p, 6)
+        assert isinstance(eng.text_of(s), str)
+    with pytest.raises(DataError):
+        eng.make_sequence([10**9], SamplingParams())
+
+
+@pytest.mark.slow  # prunes with calibration, then two exports: ~1 min
+def test_pruned_model_with_explicit_head_dim_exports_exactly(tiny):
+    """Structured pruning leaves 2 heads of 32 in a 128-wide model (head_dim != hidden / heads): both
+    formats carry the head size explicitly and reproduce the pruned model."""
+    from llmpress.compress.prune import PruneConfig, prune
+    from llmpress.export import export, make_config
+
+    pruned = prune(tiny, PruneConfig(method="structured", heads="50%", mlp="25%", calibration_samples=2, seq_len=32))
+    cfg = json.loads((pruned.path / "config.json").read_text())
+    assert cfg["num_attention_heads"] * cfg["head_dim"] != cfg["hidden_size"]
+    for fmt in ("gguf", "onnx"):
+        v = export(pruned, make_config(fmt)).manifest.extra["export"]["verification"]
+        assert v["exact"] and v["max_abs_logit_diff"] < 1e-3 and v["greedy_identical"] == v["prompts"], fmt
