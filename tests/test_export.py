@@ -292,14 +292,19 @@ def test_ort_genai_engine_serves_requests_side_by_side(onnx_fp32, tiny_model, pr
     seqs = [eng.add_request(p, SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)) for p in prompts]
     gone = eng.add_request(prompts[0], SamplingParams(max_tokens=50, temperature=0.0))
     eng.abort(gone)
+    outs: dict[int, list] = {}
     for _ in range(40):
         if not eng.has_work():
             break
-        eng.step()
+        for o in eng.step():
+            outs.setdefault(o.seq_id, []).append(o)
     assert not eng.has_work() and gone.finish_reason == "abort"
+    assert outs[gone.seq_id][-1].finish_reason == "abort"
     for s, p in zip(seqs, prompts, strict=True):
         assert s.finish_reason == "length" and s.output_ids == torch_greedy(tiny_model, p, 6)
-        assert isinstance(eng.text_of(s), str)
+        # the same immutable outputs as the torch engine: tokens and text add up to the whole answer
+        assert [t for o in outs[s.seq_id] for t in o.token_ids] == s.output_ids
+        assert "".join(o.text for o in outs[s.seq_id]) == eng.tokenizer.decode(s.output_ids, skip_special_tokens=True)
     with pytest.raises(DataError):
         eng.make_sequence([10**9], SamplingParams())
 
@@ -317,3 +322,32 @@ def test_pruned_model_with_explicit_head_dim_exports_exactly(tiny):
     for fmt in ("gguf", "onnx"):
         v = export(pruned, make_config(fmt)).manifest.extra["export"]["verification"]
         assert v["exact"] and v["max_abs_logit_diff"] < 1e-3 and v["greedy_identical"] == v["prompts"], fmt
+
+
+def test_serve_onnx_export_over_http(onnx_fp32, tiny_model, prompts):
+    """`llmpress serve` on an onnx artifact: ONNX Runtime GenAI behind the same OpenAI API and error
+    contract — greedy text equals the torch model's, streams equal non-streams, scoring is refused clearly."""
+    import httpx
+    from live import start_server
+
+    srv = start_server(onnx_fp32, auth=False, max_batch=4)
+    try:
+        tok = srv.engine.tokenizer
+        name = httpx.get(srv.url + "/v1/models").json()["data"][0]["id"]
+        body = {"model": name, "prompt": prompts[0], "max_tokens": 6, "temperature": 0, "ignore_eos": True}
+        r = httpx.post(srv.url + "/v1/completions", json=body, timeout=60)
+        assert r.status_code == 200
+        ref = torch_greedy(tiny_model, prompts[0], 6)
+        assert r.json()["choices"][0]["text"] == tok.decode(ref, skip_special_tokens=True)
+        assert r.json()["usage"] == {"prompt_tokens": len(prompts[0]), "completion_tokens": 6, "total_tokens":
+                                     len(prompts[0]) + 6}
+        import json
+
+        with httpx.stream("POST", srv.url + "/v1/completions", json={**body, "stream": True}, timeout=60) as s:
+            text = "".join(json.loads(x[6:])["choices"][0]["text"] for x in s.iter_lines() if x.startswith("data: {"))
+        assert text == r.json()["choices"][0]["text"]
+        r = httpx.post(srv.url + "/v1/completions", json={**body, "echo": True, "logprobs": 0, "max_tokens": 0})
+        assert r.status_code == 422 and r.json()["error"]["param"] == "prompt_logprobs"
+        assert "llmpress_kv_blocks_used" not in httpx.get(srv.url + "/metrics").text
+    finally:
+        srv.stop()

@@ -181,9 +181,11 @@ def register(app: typer.Typer) -> None:
                 console.print("[yellow]warning:[/] no active API keys: every request will get 401; "
                               "create one with `llmpress keys create NAME`")
             eng = app.state.engine
-            console.print(f"serving [bold]{art.name}[/] ({art.id}) on http://{host}:{port}  "
-                          f"KV cache {eng.runner.num_blocks} blocks x {block_size} tokens "
-                          f"({eng.runner.kv_cache_mb:.0f} MiB); loaded in {time.perf_counter() - t_start:.1f} s")
+            runner = getattr(eng, "runner", None)
+            kv = (f"KV cache {runner.num_blocks} blocks x {block_size} tokens ({runner.kv_cache_mb:.0f} MiB)"
+                  if runner is not None else "ONNX Runtime GenAI (its own KV cache)")
+            console.print(f"serving [bold]{art.name}[/] ({art.id}) on http://{host}:{port}  {kv}; "
+                          f"loaded in {time.perf_counter() - t_start:.1f} s")
             dep = store.start_deployment(art.id, host, port, {"max_batch": max_batch, "kv_cache_mb": kv_cache_mb,
                                                               "auth": not no_auth, "ab": ab or None,
                                                               "response_cache": response_cache}, alias=alias)

@@ -257,29 +257,34 @@ class LLMEngine:
                 self._finish(seq, reason)
 
     def _publish(self, seqs: list[Sequence]) -> list[StepOutput]:
-        """Freeze what each touched sequence gained since its last output."""
-        outs = []
-        seen: set[int] = set()
-        for seq in seqs:
-            if seq.seq_id in seen:
-                continue
-            seen.add(seq.seq_id)
-            fin = seq.is_finished
-            new_ids = tuple(seq.output_ids[seq.published_tokens:])
-            seq.published_tokens = seq.num_output_tokens
-            text = ""
-            if seq.detok is not None:  # None: finished before it was ever admitted
-                if fin:
-                    seq.detok.flush()
-                text = seq.detok.take(final=fin)
-            lp = tuple(seq.logprobs[seq.published_logprobs:])
-            seq.published_logprobs = len(seq.logprobs)
-            plp = tuple(seq.prompt_logprobs[seq.published_prompt_logprobs:])
-            seq.published_prompt_logprobs = len(seq.prompt_logprobs)
-            outs.append(StepOutput(
-                seq_id=seq.seq_id, request_id=seq.request_id, token_ids=new_ids, text=text,
-                finish_reason=seq.finish_reason if fin else None, error=seq.error,
-                num_prompt_tokens=seq.num_prompt_tokens, num_output_tokens=seq.num_output_tokens,
-                num_cached_tokens=seq.num_cached_prefix, logprobs=lp, prompt_logprobs=plp, ttft=seq.ttft,
-                latency=None if seq.finish_time is None else seq.finish_time - seq.arrival))
-        return outs
+        return publish(seqs)
+
+
+def publish(seqs: list[Sequence]) -> list[StepOutput]:
+    """Freeze what each touched sequence gained since its last output (every engine backend publishes
+    through this, so the server reads one contract)."""
+    outs = []
+    seen: set[int] = set()
+    for seq in seqs:
+        if seq.seq_id in seen:
+            continue
+        seen.add(seq.seq_id)
+        fin = seq.is_finished
+        new_ids = tuple(seq.output_ids[seq.published_tokens:])
+        seq.published_tokens = seq.num_output_tokens
+        text = ""
+        if seq.detok is not None:  # None: finished before it was ever admitted
+            if fin:
+                seq.detok.flush()
+            text = seq.detok.take(final=fin)
+        lp = tuple(seq.logprobs[seq.published_logprobs:])
+        seq.published_logprobs = len(seq.logprobs)
+        plp = tuple(seq.prompt_logprobs[seq.published_prompt_logprobs:])
+        seq.published_prompt_logprobs = len(seq.prompt_logprobs)
+        outs.append(StepOutput(
+            seq_id=seq.seq_id, request_id=seq.request_id, token_ids=new_ids, text=text,
+            finish_reason=seq.finish_reason if fin else None, error=seq.error,
+            num_prompt_tokens=seq.num_prompt_tokens, num_output_tokens=seq.num_output_tokens,
+            num_cached_tokens=seq.num_cached_prefix, logprobs=lp, prompt_logprobs=plp, ttft=seq.ttft,
+            latency=None if seq.finish_time is None else seq.finish_time - seq.arrival))
+    return outs

@@ -33,6 +33,12 @@ def build_app(model: object, host: str = "127.0.0.1", auth: bool = True, engine_
                           "bind to 127.0.0.1 or drop --no-auth and create keys with `llmpress keys create`",
                           param="host")
     art = resolve(model) if isinstance(model, str) else model
-    engine = LLMEngine.from_artifact(art, **engine_config)
+    if art.manifest.format == "onnx":  # an edge export: ONNX Runtime GenAI behind the same API
+        from llmpress.engine.backends.ort import OrtGenAIEngine
+
+        engine = OrtGenAIEngine(art, max_batch=int(engine_config.get("max_batch", 8)),  # type: ignore[arg-type]
+                                max_waiting=int(engine_config.get("max_waiting", 256)))  # type: ignore[arg-type]
+    else:
+        engine = LLMEngine.from_artifact(art, **engine_config)
     cfg = ServerConfig(model_name=art.name, model_aliases=[art.id, str(model) if isinstance(model, str) else art.id], auth=auth, parent=art.manifest.parent)
     return create_app(engine, cfg, engine_loop), art  # type: ignore[arg-type]

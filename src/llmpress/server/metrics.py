@@ -27,6 +27,8 @@ class Metrics:
         g.set_function(lambda: engine.num_waiting)
         g = Gauge("llmpress_running_batch_size", "Sequences in the running batch", registry=r)
         g.set_function(lambda: engine.num_running)
+        if getattr(engine, "blocks", None) is None:  # a runtime that keeps its own KV cache (onnx exports)
+            return
         g = Gauge("llmpress_kv_blocks_used", "KV-cache blocks in use", registry=r)
         g.set_function(lambda: engine.blocks.num_used)
         g = Gauge("llmpress_kv_blocks_total", "KV-cache blocks preallocated", registry=r)

@@ -157,6 +157,7 @@ class OrtGenAIEngine:
         self.lm = OrtGenAILM(artifact.path, artifact.manifest)
         self.og = self.lm.og
         self.tokenizer = artifact.load_tokenizer()
+        self._detok_tokenizer = __import__("copy").deepcopy(self.tokenizer)  # the engine thread's own
         genai = __import__("json").loads((artifact.path / "genai_config.json").read_text())
         self.max_model_len = int(genai["model"].get("context_length") or 2048)
         self.vocab_size = int(genai["model"].get("vocab_size") or 0)
@@ -174,6 +175,11 @@ class OrtGenAIEngine:
         self.lock = threading.Lock()
         self.steps = 0
         self.tokens_out = 0
+        self.unhealthy: str | None = None  # ONNX Runtime failures fail their request alone
+
+    @property
+    def healthy(self) -> bool:
+        return self.unhealthy is None
 
     # -- requests (the same contract as LLMEngine) ---------------------------------------
     def make_sequence(self, prompt_ids: list[int], params: Any, request_id: str | None = None) -> Any:
@@ -219,12 +225,7 @@ class OrtGenAIEngine:
         return len(self.running)
 
     def has_work(self) -> bool:
-        return bool(self._inbox or self.waiting or self.running)
-
-    def text_of(self, seq: Any) -> str:
-        text = self.tokenizer.decode(seq.output_ids, skip_special_tokens=True)
-        cut = getattr(seq, "stop_text_len", None)
-        return text[:cut] if cut is not None else text
+        return bool(self._inbox or self._aborts or self.waiting or self.running)
 
     # -- the step ------------------------------------------------------------------------
     def _drop(self, seq: Any, reason: str) -> None:
@@ -236,7 +237,12 @@ class OrtGenAIEngine:
         seq.finish(reason)
 
     def step(self) -> list[Any]:
-        """Admit, then advance every running request by one token; returns the touched sequences."""
+        """Admit, then advance every running request by one token; returns immutable `StepOutput`s."""
+        from llmpress.engine.llm_engine import publish
+
+        return publish(self._step())
+
+    def _step(self) -> list[Any]:
         import time
 
         import torch
@@ -245,9 +251,13 @@ class OrtGenAIEngine:
         from llmpress.engine.sequence import SequenceStatus
 
         touched: list[Any] = []
+        from llmpress.engine.detokenizer import IncrementalDetokenizer
+
         with self.lock:
             while self._inbox:
-                self.waiting.append(self._inbox.popleft())
+                seq = self._inbox.popleft()
+                seq.detok = IncrementalDetokenizer(self._detok_tokenizer, seq.token_ids, seq.params.stop)
+                self.waiting.append(seq)
             while self._aborts:
                 seq = self._aborts.popleft()
                 if not seq.is_finished:
@@ -298,12 +308,8 @@ class OrtGenAIEngine:
             reason = None
             if (tok in self.eos_ids and not p.ignore_eos) or tok in p.stop_token_ids:
                 reason = "stop"
-            elif p.stop:
-                text = self.tokenizer.decode(seq.output_ids, skip_special_tokens=True)
-                cuts = [text.find(s) for s in p.stop if s and s in text]
-                if cuts:
-                    seq.stop_text_len = min(cuts)
-                    reason = "stop"
+            elif seq.detok.add(tok):  # a stop string: the text is already cut before it
+                reason = "stop"
             if reason is None and seq.num_output_tokens >= p.max_tokens:
                 reason = "length"
             if reason:
