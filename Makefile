@@ -33,11 +33,11 @@ run: install
 	$(VENV)/bin/llmpress optimize
 
 test: install
-	$(VENV)/bin/pytest -q -m "not slow"
-	$(VENV)/bin/pytest -q -m slow
+	$(VENV)/bin/pytest -q -m "not slow" --durations=15
+	$(VENV)/bin/pytest -q -m slow --durations=25
 
 test-fast: install
-	$(VENV)/bin/pytest -q -m "not slow"
+	$(VENV)/bin/pytest -q -m "not slow" --durations=15
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
