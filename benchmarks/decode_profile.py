@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -184,7 +185,7 @@ def main() -> None:
 
     from llmpress.engine import LLM
     from llmpress.evaluate.speed import _prompt_ids
-    from llmpress.hardware import machine_info
+    from llmpress.hardware import benchmark_record, machine_summary
     from llmpress.report.tables import markdown_table
     from llmpress.sources import resolve
 
@@ -193,7 +194,7 @@ def main() -> None:
     src = resolve(args.model)
     if args.quality:
         qrows = q8_quality(src, args.eval_tokens)
-        res = {"model": args.model, "eval_tokens": args.eval_tokens, "machine": machine_info(), "rows": qrows}
+        res = {"model": args.model, "eval_tokens": args.eval_tokens, **benchmark_record(sys.argv), "rows": qrows}
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "decode_profile_q8_quality.json").write_text(json.dumps(res, indent=2))
@@ -222,7 +223,7 @@ def main() -> None:
                   + ", ".join(f"{k} {v:.2f}" for k, v in r["categories_ms"].items()), flush=True)
         del llm, model
     result = {"model": args.model, "new_tokens": args.new_tokens, "prompt_tokens": 32, "repeats": args.repeats,
-              "label": args.label, "note": args.note, "machine": machine_info(), "torch_threads": torch.get_num_threads(),
+              "label": args.label, "note": args.note, **benchmark_record(sys.argv), "torch_threads": torch.get_num_threads(),
               "seconds": time.perf_counter() - t0, "rows": rows}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -233,8 +234,7 @@ def main() -> None:
               *[r["categories_ms"][c] for c in cats]] for r in rows]
     m = result["machine"]
     md = [f"# Decode profile ({args.label}): {args.model}", "",
-          f"{m['cpu_model']}, flags {' '.join(m['flags'])}, {m['threads']} threads, torch {m['torch']}, "
-          f"commit {m['git_commit']}. 32-token prompts, {args.new_tokens} new tokens greedy (EOS ignored); "
+          f"{machine_summary(m)}; `{result['command']}`. 32-token prompts, {args.new_tokens} new tokens greedy (EOS ignored); "
           f"tok/s is the median of {args.repeats} untimed runs (prefill included); the split is one run with "
           "the runner's section timers, ms per decode-only step. 'fused layers' is the fast path's whole "
           "per-layer op (matmuls + attention + norms in one C++ call), when it runs.", ""]

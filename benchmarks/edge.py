@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,7 @@ def main() -> None:
     from llmpress.compress.quantize import quantize
     from llmpress.evaluate import EvalConfig, SpeedConfig, evaluate_artifact
     from llmpress.export import export, make_config
-    from llmpress.hardware import machine_info
+    from llmpress.hardware import benchmark_record, machine_summary
     from llmpress.report.tables import markdown_table
     from llmpress.sources import resolve
 
@@ -119,7 +120,7 @@ def main() -> None:
             secs = time.perf_counter() - t
             rows.append(row(v, art, evaluate_artifact(art, cfg, progress=p), base_ppl, secs))
     result = {"model": args.model, "data": args.data, "eval_tokens": args.max_tokens, "new_tokens": args.new_tokens,
-              "repeats": args.repeats, "quick": args.quick, "machine": machine_info(),
+              "repeats": args.repeats, "quick": args.quick, **benchmark_record(sys.argv),
               "seconds": time.perf_counter() - t_start, "rows": rows}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -133,7 +134,7 @@ def main() -> None:
     md = [f"# Edge formats: {args.model} on {args.data}", "",
           f"Eval: {args.max_tokens} tokens of the eval split (window 512, stride 256); Δ vs the fp32 source in "
           f"llmpress. Decode: batch 1, {args.new_tokens} new tokens, median of {args.repeats}, in a fresh process "
-          f"through each format's runtime. {mi['cpu_model']}, {mi['threads']} threads, torch {mi['torch']}, "
+          f"through each format's runtime. {machine_summary(mi)}; `{result['command']}`; "
           f"commit {mi['git_commit']}; run took {result['seconds'] / 60:.1f} min.", "",
           markdown_table(headers, table), "", "![edge](edge.png)"]
     (out / "edge.md").write_text("\n".join(md))

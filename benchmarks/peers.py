@@ -401,7 +401,7 @@ def main() -> None:
         run_worker(args)
         return
 
-    from llmpress.hardware import machine_info
+    from llmpress.hardware import benchmark_record, machine_summary
     from llmpress.report.tables import markdown_table
     from llmpress.sources import resolve
     from llmpress.sources.builtin import smollm2_gguf_path
@@ -452,7 +452,7 @@ def main() -> None:
         print(f"  {json.dumps(r)}", flush=True)
     result = {"model": args.model, "prompt_tokens": PROMPT_TOKENS, "new_tokens": NEW_TOKENS, "batches": args.batches,
               "repeats": args.repeats, "eval_tokens": len(d["eval"]), "window": WINDOW, "quick": args.quick,
-              "peers": PEER_PACKAGES, "machine": machine_info(), "rows": rows}
+              "peers": PEER_PACKAGES, **benchmark_record(sys.argv), "rows": rows}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = "peers_quick" if args.quick else "peers"
@@ -462,8 +462,7 @@ def main() -> None:
               r.get("ppl"), r.get("error") or r.get("note", "")] for r in rows]
     m = result["machine"]
     md = [f"# Peers: {args.model}{' (quick)' if args.quick else ''}", "",
-          f"{m['cpu_model']}, flags {' '.join(m['flags'])}, {args.threads} threads, torch {m['torch']}, commit "
-          f"{m['git_commit']}. {PROMPT_TOKENS}-token prompts, {NEW_TOKENS} new tokens greedy (EOS ignored), tok/s "
+          f"{machine_summary(m)}; {args.threads} threads; `{result['command']}`. {PROMPT_TOKENS}-token prompts, {NEW_TOKENS} new tokens greedy (EOS ignored), tok/s "
           f"incl. prefill, median of {args.repeats}; perplexity over {len(d['eval'])} eval tokens in {WINDOW}-token "
           "windows, each engine's own scoring. llama.cpp Q8_0 is re-quantized from the shipped Q4_1.", "",
           markdown_table(headers, table)]
