@@ -34,8 +34,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("compress.distill",),
     ("compress.prune",),  # recovery after pruning is a short distillation
     ("tune",),
-    ("export",),
-    ("engine",),  # runs quantized layers
+    ("engine",),  # runs quantized layers; engine.backends run exported formats (ONNX Runtime, llama.cpp)
+    ("export",),  # verifies each export by running it in its runtime (engine.backends)
     ("evaluate",),  # times the engine
     ("explain",),
     ("report",),  # imports nothing from plan
