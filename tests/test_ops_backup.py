@@ -10,10 +10,10 @@ import socket
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
+from live import wait_ready
 from pg import make_artifact
 
 from llmpress.errors import IntegrityError, NotFoundError, RegistryError
@@ -189,16 +189,7 @@ def test_cli_backup_restore_then_serve_prod(fresh_registry, tiny, tmp_path) -> N
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stderr.read()
-            assert time.monotonic() < deadline, "serve prod did not become ready"
-            try:
-                if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
+        wait_ready(proc, url, 120)
         r = httpx.post(url + "/v1/completions", json={"model": "prod", "prompt": "Hello", "max_tokens": 4,
                                                       "temperature": 0, "ignore_eos": True}, timeout=60)
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from live import wait_ready
 from safetensors.torch import load_file, save_file
 
 N_TOK = 32
@@ -215,16 +216,7 @@ def test_cli_serve_two_models_records_and_closes_its_deployments(fresh_registry,
                             text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, proc.stderr.read()
-            assert time.monotonic() < deadline, "serve did not become ready"
-            try:
-                if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
+        wait_ready(proc, url, 180)
         assert [m["id"] for m in httpx.get(url + "/v1/models").json()["data"]] == ["cli-a", "cli-b"]
         assert _complete(url, "cli-b").status_code == 200
         assert {r["alias"] for r in servers(fresh_registry)} == {"cli-a", "cli-b"}

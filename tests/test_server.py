@@ -13,7 +13,7 @@ import openai
 import pytest
 import torch
 from live import free_port as _free_port
-from live import start_server
+from live import start_server, wait_ready
 
 
 @pytest.fixture(scope="module")
@@ -315,16 +315,7 @@ def test_llmpress_serve_process_answers_and_stops_on_sigterm(tiny):
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stderr.read()
-            assert time.monotonic() < deadline, "llmpress serve did not become ready"
-            try:
-                if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
+        wait_ready(proc, url, 120)
         name = httpx.get(url + "/v1/models").json()["data"][0]["id"]
         r = httpx.post(url + "/v1/completions", json={"model": name, "prompt": "Hello", "max_tokens": 5,
                                                       "temperature": 0, "ignore_eos": True}, timeout=60)
