@@ -66,6 +66,28 @@ def router(ctx: ServerContext) -> APIRouter:
             if out.text or out.finished:
                 yield i, out.text, handle.choices[i]
 
+    async def sse_stream(request: Request, handle: RequestHandle, end: StreamEnd, req: Any, base: dict[str, Any],
+                         opening: list[dict[str, Any]], choice: Any) -> AsyncIterator[str]:
+        """One SSE body for both endpoints: opening events, one chunk per delta (`choice(i, delta, c)`),
+        a clean error event for a failed choice, the usage chunk if asked, then [DONE] after settling."""
+        try:
+            for ev in opening:
+                yield sse({**base, "choices": [ev]})
+            status = 200
+            async for i, delta, c in deltas(request, handle):
+                if c.finish_reason in ("error", "timeout"):
+                    status = 504 if c.finish_reason == "timeout" else 500
+                    yield stream_error_event(c)
+                    continue
+                yield sse({**base, "choices": [choice(i, delta, c)]})
+            if include_usage(req):
+                yield sse({**base, "choices": [], "usage": usage(handle).model_dump()})
+            end(status)
+            yield "data: [DONE]\n\n"
+        except BaseException as e:
+            end.status = status_of(e)
+            raise
+
     @r.get("/v1/models", response_model=ModelList, responses=error_responses(401, 403))
     async def models(key: Any = require(ctx.keys, "models")) -> ModelList:
         return ModelList(data=[ModelCard(id=cfg.model_name, created=cfg.created, root=cfg.model_name,
@@ -114,28 +136,12 @@ def router(ctx: ServerContext) -> APIRouter:
             return CompletionResponse(id=cid, created=created, model=cfg.model_name, choices=choices,
                                       usage=usage(handle))
 
-        async def stream(request: Request, handle: RequestHandle, end: StreamEnd) -> AsyncIterator[str]:
+        def stream(request: Request, handle: RequestHandle, end: StreamEnd) -> AsyncIterator[str]:
             base = {"id": cid, "object": "text_completion", "created": created, "model": cfg.model_name}
-            try:
-                if req.echo:
-                    for i, c in enumerate(handle.choices):
-                        yield sse({**base, "choices": [{"index": i, "text": tok.decode(c.prompt_ids),
-                                                        "logprobs": None, "finish_reason": None}]})
-                status = 200
-                async for i, delta, c in deltas(request, handle):
-                    if c.finish_reason in ("error", "timeout"):
-                        status = 504 if c.finish_reason == "timeout" else 500
-                        yield stream_error_event(c)
-                        continue
-                    yield sse({**base, "choices": [{"index": i, "text": delta, "logprobs": None,
-                                                    "finish_reason": c.finish_reason}]})
-                if include_usage(req):
-                    yield sse({**base, "choices": [], "usage": usage(handle).model_dump()})
-                end(status)
-                yield "data: [DONE]\n\n"
-            except BaseException as e:
-                end.status = status_of(e)
-                raise
+            opening = [{"index": i, "text": tok.decode(c.prompt_ids), "logprobs": None, "finish_reason": None}
+                       for i, c in enumerate(handle.choices)] if req.echo else []
+            return sse_stream(request, handle, end, req, base, opening, lambda i, delta, c: {
+                "index": i, "text": delta, "logprobs": None, "finish_reason": c.finish_reason})
 
         return await ctx.serve(request, key, "completions", prompts,
                          lambda j: params_from(req, mt, lp, echo_lp, j), req.n,
@@ -182,27 +188,12 @@ def router(ctx: ServerContext) -> APIRouter:
             return ChatCompletionResponse(id=cid, created=created, model=cfg.model_name, choices=choices,
                                           usage=usage(handle))
 
-        async def stream(request: Request, handle: RequestHandle, end: StreamEnd) -> AsyncIterator[str]:
+        def stream(request: Request, handle: RequestHandle, end: StreamEnd) -> AsyncIterator[str]:
             base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": cfg.model_name}
-            try:
-                for i in range(len(handle.choices)):
-                    yield sse({**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
-                                                    "finish_reason": None}]})
-                status = 200
-                async for i, delta, c in deltas(request, handle):
-                    if c.finish_reason in ("error", "timeout"):
-                        status = 504 if c.finish_reason == "timeout" else 500
-                        yield stream_error_event(c)
-                        continue
-                    yield sse({**base, "choices": [{"index": i, "delta": {"content": delta} if delta else {},
-                                                    "finish_reason": c.finish_reason}]})
-                if include_usage(req):
-                    yield sse({**base, "choices": [], "usage": usage(handle).model_dump()})
-                end(status)
-                yield "data: [DONE]\n\n"
-            except BaseException as e:
-                end.status = status_of(e)
-                raise
+            opening = [{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+                       for i in range(len(handle.choices))]
+            return sse_stream(request, handle, end, req, base, opening, lambda i, delta, c: {
+                "index": i, "delta": {"content": delta} if delta else {}, "finish_reason": c.finish_reason})
 
         return await ctx.serve(request, key, "chat", [ids], lambda j: params_from(req, mt, lp, None, j), req.n,
                          stream if req.stream else None, respond)
