@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,54 +26,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from _live import free_port, launch, pct, stop
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def pct(xs: list[float], q: float) -> float:
-    if not xs:
-        return float("nan")
-    s = sorted(xs)
-    return s[min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch(args: list[str], ready_path: str, port: int, log: Path) -> subprocess.Popen:
-    f = log.open("w")
-    p = subprocess.Popen([sys.executable, "-m", "llmpress.cli.main", *args], stdout=f, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if p.poll() is not None:
-            raise SystemExit(f"{args[0]} exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(url + ready_path, timeout=2).status_code == 200:
-                return p
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    p.kill()
-    raise SystemExit(f"{args[0]} did not become ready in 300 s")
-
-
-def stop(p: subprocess.Popen) -> None:
-    if p.poll() is None:
-        p.terminate()
-        try:
-            p.wait(60)
-        except subprocess.TimeoutExpired:
-            p.kill()
-
-
 def serve(model: str, port: int, log: Path, *extra: str) -> subprocess.Popen:
     return launch(["serve", model, "--no-auth", "--port", str(port), "--kv-cache-mb", "64", "--log-level", "warning",
-                   *extra], "/ready", port, log)
+                   *extra], port, log=log)
 
 
 async def load(url: str, model: str, concurrency: int, per_client: int, max_tokens: int) -> list[dict[str, Any]]:
@@ -117,7 +77,7 @@ def overhead_run(model: str, tmp: Path, levels: list[int], per_client: int, roun
                                             "models": [name], "local": True, "context": 2048}],
                                "routes": [{"alias": "m", "targets": ["local"]}]}))
     gw = launch(["gateway", "--config", str(cfg), "--port", str(gw_port), "--no-auth", "--log-level", "warning"],
-                "/health", gw_port, tmp / "gw.log")
+                gw_port, ready="/health", log=tmp / "gw.log")
     direct_url, gw_url = f"http://127.0.0.1:{up_port}", f"http://127.0.0.1:{gw_port}"
     res: dict[str, Any] = {}
     try:
@@ -159,7 +119,7 @@ def hybrid_run(model: str, tmp: Path, concurrency: int, per_client: int, max_tok
         "routes": [{"alias": "local-only", "targets": ["local"]},
                    {"alias": "hybrid", "targets": ["local", "cloud"], "policy": "local-first"}]}))
     gw = launch(["gateway", "--config", str(cfg), "--port", str(gp), "--no-auth", "--log-level", "warning"],
-                "/health", gp, tmp / "gw-hybrid.log")
+                gp, ready="/health", log=tmp / "gw-hybrid.log")
     url = f"http://127.0.0.1:{gp}"
     out: dict[str, Any] = {"concurrency": concurrency, "requests": concurrency * per_client, "max_tokens": max_tokens,
                            "local_max_batch": 4, "local_max_queue": 2, "cloud_price": price}

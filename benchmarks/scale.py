@@ -18,7 +18,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,57 +25,22 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _live import free_port, launch, pct, stop
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def pct(xs: list[float], q: float) -> float:
-    if not xs:
-        return float("nan")
-    s = sorted(xs)
-    return s[min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start(model: str, args: argparse.Namespace, replicas: int = 0) -> tuple[str, subprocess.Popen]:
     """`llmpress serve` (plain, or on Ray with `replicas`) in its own process; returns once /ready is 200."""
-    import httpx
-
     port = free_port()
-    cmd = [sys.executable, "-m", "llmpress.cli.main", "serve", model, "--host", "127.0.0.1", "--port", str(port),
+    cmd = ["serve", model, "--host", "127.0.0.1", "--port", str(port),
            "--no-auth", "--threads", "1", "--max-batch", str(args.max_batch), "--kv-cache-mb", str(args.kv_cache_mb),
            "--no-prefix-caching", "--log-level", "warning"]
     if replicas:
         cmd += ["--replicas", str(replicas)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"llmpress serve exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
-        try:
-            if httpx.get(url + "/ready", timeout=5).status_code == 200:
-                return url, proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    stop(proc)
-    raise SystemExit("llmpress serve did not become ready in 600 s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGINT)  # graceful: drains, then (Ray) shuts Serve and the local cluster down
-    try:
-        proc.wait(120)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(30)
+    # its own session: stop() can end the Ray workers it started with the whole group
+    return f"http://127.0.0.1:{port}", launch(cmd, port, timeout=600, new_session=True)
 
 
 async def load(url: str, model: str, prompts: list[list[int]], out_len: int, concurrency: int) -> dict[str, Any]:
@@ -245,7 +209,7 @@ def main() -> None:
                 print(f"  failover: {run['failover']}", flush=True)
             result["runs"][label] = run
         finally:
-            stop(proc)
+            stop(proc, wait=120)  # SIGINT: drains, then (Ray) shuts Serve and the local cluster down
     plain, ray1 = result["runs"]["plain"], result["runs"]["ray-1"]
     result["ray_overhead_ms_per_request"] = ray1["overhead"]["latency_p50_ms"] - plain["overhead"]["latency_p50_ms"]
     result["replica_curve"] = {"prompt_len": args.prompt_len, "output_len": args.output_len, "threads": 1,

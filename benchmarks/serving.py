@@ -16,8 +16,6 @@ import asyncio
 import gc
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,13 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
-
-
-def pct(xs: list[float], q: float) -> float:
-    if not xs:
-        return float("nan")
-    s = sorted(xs)
-    return s[min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))]
+from _live import free_port, launch, pct, stop  # noqa: E402
 
 
 def prompts_for(tok: Any, n: int, length: int) -> list[list[int]]:
@@ -85,38 +77,13 @@ def hf_static_batches(model: Any, prompts: list[list[int]], out_len: int, batch:
 def start_server(model_ref: str, args: argparse.Namespace) -> tuple[str, subprocess.Popen]:
     """`llmpress serve` in its own process on a free loopback port (as deployed: the client load
     generator must not share the server's GIL); returns once /ready answers 200."""
-    import httpx
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "llmpress.cli.main", "serve", model_ref, "--host", "127.0.0.1", "--port", str(port),
+    port = free_port()
+    cmd = ["serve", model_ref, "--host", "127.0.0.1", "--port", str(port),
            "--no-auth", "--max-batch", "32", "--max-tokens-per-step", str(args.step_tokens),
            "--kv-cache-mb", str(args.kv_cache_mb), "--no-prefix-caching", "--log-level", "warning"]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"llmpress serve exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
-        try:
-            if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                return url, proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise SystemExit("llmpress serve did not become ready in 300 s")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGINT)  # graceful: drains in-flight requests
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    return f"http://127.0.0.1:{port}", launch(cmd, port)
 
 
 async def http_load(url: str, name: str, prompts: list[list[int]], out_len: int, concurrency: int) -> dict[str, Any]:
@@ -209,7 +176,7 @@ def bench_model(label: str, art: Any, args: argparse.Namespace, bw: float, hf_re
             r["x_hf_one_at_a_time"] = r["tok_s"] / hf_ref["one_at_a_time"]["tok_s"]
             print(f"  {label} c={c}: {r['tok_s']:.1f} tok/s", flush=True)
     finally:
-        stop_server(proc)
+        stop(proc)
     h1 = res["http"].get("1")
     if h1:
         res["server_overhead_ttft_ms"] = h1["ttft_p50_ms"] - e1["ttft_ms"]

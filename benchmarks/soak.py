@@ -36,25 +36,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import httpx  # noqa: E402
+from _live import free_port, launch, pct  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 WORDS = ("the lighthouse keeper wrote every night about ships storms lamps oil and the long winter "
          "on the northern coast where the sea was grey and the rocks were sharp").split()
-
-
-def pct(xs: list[float], q: float) -> float | None:
-    if not xs:
-        return None
-    s = sorted(xs)
-    return s[min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cli(*args: str, env: dict[str, str]) -> str:
@@ -65,22 +51,8 @@ def cli(*args: str, env: dict[str, str]) -> str:
 
 
 def start_server(model: str, port: int, env: dict[str, str], log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "llmpress.cli.main", "serve", model, "--port", str(port), "--max-batch", "32",
-           "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, stdout=log.open("a"), stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 600
-    while True:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited {proc.returncode}; see {log}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise SystemExit("server did not become ready in 600 s")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
+    return launch(["serve", model, "--port", str(port), "--max-batch", "32", "--log-level", "warning"], port,
+                  log=log, env=env, timeout=600)
 
 
 class Stats:
