@@ -16,7 +16,6 @@ import json
 import logging
 import random
 import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -59,6 +58,7 @@ from llmpress.gateway.vault import REDACT, KeyResolver, Secret
 from llmpress.registry.cost import CostLedger, RequestCostRow, cost_nusd
 from llmpress.registry.keys import KeyInfo, KeyStore
 from llmpress.server.limits import RateLimiter
+from llmpress.server.observe import Observe
 from llmpress.server.schemas import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 
 log = logging.getLogger("llmpress.gateway")
@@ -140,6 +140,54 @@ class _Failure(Exception):
         self.target, self.kind, self.message, self.status, self.body = target, kind, message, status, body
 
 
+class CostWriter:
+    """Group commit of cost rows: rows settled while a write runs go together in the next one.
+
+    One SQLite transaction per request cost the gateway ~40 % of its CPU at 32 streams (py-spy); under load
+    the rows of many requests now share one. `write` returns once its row is committed, so a budget
+    reservation is released only after the spend it stood for is on record. A batch that fails is retried
+    row by row, so one bad row loses nothing else.
+    """
+
+    def __init__(self, ledger: CostLedger) -> None:
+        self.ledger = ledger
+        self._pending: list[tuple[RequestCostRow, asyncio.Future[None]]] = []
+        self._writing = False
+
+    async def write(self, row: RequestCostRow) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((row, fut))
+        if not self._writing:
+            self._writing = True
+            task = asyncio.get_running_loop().create_task(self._drain())  # not cancelled with this request
+            _PENDING.add(task)
+            task.add_done_callback(_PENDING.discard)
+        await fut
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    await asyncio.to_thread(self.ledger.record_many, [r for r, _ in batch])
+                    results: list[BaseException | None] = [None] * len(batch)
+                except Exception:  # noqa: BLE001 - find the row that fails; the others still count
+                    results = [await asyncio.to_thread(_try_record, self.ledger, r) for r, _ in batch]
+                for (_, fut), err in zip(batch, results, strict=True):
+                    if not fut.done():
+                        fut.set_result(None) if err is None else fut.set_exception(err)
+        finally:
+            self._writing = False
+
+
+def _try_record(ledger: CostLedger, row: RequestCostRow) -> BaseException | None:
+    try:
+        ledger.record(row)
+        return None
+    except Exception as e:  # noqa: BLE001 - handed to that request's settle, which logs it
+        return e
+
+
 class Gateway:
     """Targets, their state and clients, and the request pipeline (one instance per app)."""
 
@@ -157,6 +205,7 @@ class Gateway:
         self.resolver = KeyResolver()
         self.keys = KeyStore() if auth else None
         self.ledger = CostLedger()
+        self.cost_writer = CostWriter(self.ledger)
         self.limiter = RateLimiter()
         self.reservations = Reservations()
         self.metrics = GatewayMetrics(self.states)
@@ -512,7 +561,7 @@ class Gateway:
                              latency_ms=latency_ms, ttft_ms=None if call.ttft_s is None else call.ttft_s * 1000,
                              status=call.status, stream=int(call.stream), detail=call.detail)
         try:
-            await asyncio.to_thread(self.ledger.record, row)
+            await self.cost_writer.write(row)
             if self.keys is not None and call.key is not None:
                 await asyncio.to_thread(self.keys.record_usage, call.key.id, call.request_id, row.model,
                                         f"gateway:{call.route}", call.tokens_in, call.tokens_out, latency_ms,
@@ -606,18 +655,7 @@ def create_gateway_app(config: GatewayConfig, auth: bool = True) -> FastAPI:
         log.exception("unhandled error", extra={"request_id": getattr(request.state, "request_id", None)})
         return error_json(500, f"internal error: {e.__class__.__name__}", "server_error")
 
-    @app.middleware("http")
-    async def _request_id(request: Request, call_next: Any) -> Response:
-        request.state.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
-        t0 = time.perf_counter()
-        response = await call_next(request)
-        path = request.url.path
-        if path not in ("/metrics", "/health"):
-            log.info("request", extra={"request_id": request.state.request_id, "method": request.method, "path": path,
-                                       "status": response.status_code,
-                                       "latency_ms": round((time.perf_counter() - t0) * 1000, 2),
-                                       "key_id": getattr(request.state, "key_id", None)})
-        return response
+    app.add_middleware(Observe, logger=log)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:

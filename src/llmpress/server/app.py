@@ -9,29 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Literal
 
 from fastapi import FastAPI
-from starlette.datastructures import Headers, MutableHeaders
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmpress.engine import LLMEngine
 from llmpress.registry.keys import KeyStore
 from llmpress.server.accounting import Accounting
 from llmpress.server.context import ServerConfig, ServerContext
 from llmpress.server.driver import EngineDriver
-from llmpress.server.errors import error_json, install_error_handlers
+from llmpress.server.errors import install_error_handlers
 from llmpress.server.metrics import Metrics
+from llmpress.server.observe import Observe
 from llmpress.server.routers import openai, system
 
 log = logging.getLogger("llmpress.server")
-
-REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
 
 __all__ = ["ServerConfig", "create_app"]
 
@@ -72,52 +67,8 @@ def create_app(engine: LLMEngine, config: ServerConfig,
     app.state.metrics = metrics
     install_error_handlers(app)
 
-    app.add_middleware(_Observe, ctx=ctx)
+    app.add_middleware(Observe, logger=log, tracker=ctx,
+                       count=lambda path, code: metrics.requests.labels(path, str(code)).inc())
     app.include_router(system.router(ctx))
     app.include_router(openai.router(ctx))
     return app
-
-
-class _Observe:
-    """Request id (the client's if valid, else ours), in-flight count, metrics and one JSON log line.
-
-    A plain ASGI middleware, not `@app.middleware("http")`: Starlette's BaseHTTPMiddleware hides the
-    client's `http.disconnect` from the endpoint, so a non-streaming request never noticed a hang-up.
-    """
-
-    def __init__(self, app: ASGIApp, ctx: ServerContext) -> None:
-        self.app = app
-        self.ctx = ctx
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        rid = Headers(scope=scope).get("x-request-id")
-        if rid is not None and not REQUEST_ID.fullmatch(rid):
-            await error_json(400, "x-request-id must be 1-64 characters of letters, digits and . _ : -",
-                             "invalid_request_error", "x-request-id", "invalid_request_id")(scope, receive, send)
-            return
-        rid = rid or uuid.uuid4().hex[:16]
-        scope.setdefault("state", {})["request_id"] = rid
-        t0 = time.perf_counter()
-        status = {"code": 500}
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-                MutableHeaders(scope=message)["x-request-id"] = rid
-            await send(message)
-
-        self.ctx.inflight += 1
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            self.ctx.inflight -= 1
-            path = scope["path"]
-            if path not in ("/metrics", "/health", "/ready"):
-                self.ctx.metrics.requests.labels(path, str(status["code"])).inc()
-                log.info("request", extra={"request_id": rid, "method": scope["method"], "path": path,
-                                           "status": status["code"],
-                                           "latency_ms": round((time.perf_counter() - t0) * 1000, 2),
-                                           "key_id": scope["state"].get("key_id")})
