@@ -35,14 +35,17 @@ _state: dict[str, Any] = {}
 
 
 def build_dir() -> Path:
-    """Where the kernels are built: one directory per torch version, kernels.cpp content and CPU feature set
-    (the build is -march=native: a cache shared by machines with other CPUs must not hand over a binary
-    with instructions this one lacks)."""
+    """Where the kernels are built: one directory per torch version, kernels.cpp content and path, and CPU
+    feature set (the build is -march=native: a cache shared by machines with other CPUs must not hand over a
+    binary with instructions this one lacks). The path counts because torch rebuilds when a build directory's
+    recorded source path changes: two checkouts sharing one directory rebuilt it for each other on every
+    start (a minute of compiling each time)."""
     import torch
 
     root = Path(os.environ.get("LLMPRESS_KERNELS_DIR", Path.home() / ".cache" / "llmpress" / "kernels"))
     h = hashlib.sha256(Path(__file__).with_name("kernels.cpp").read_bytes())
     h.update(" ".join(sorted(cpu_flags() or ())).encode())
+    h.update(str(Path(__file__).resolve().parent).encode())
     digest = h.hexdigest()[:12]
     return root.expanduser() / f"torch-{torch.__version__.replace('+', '-')}-{digest}"
 
