@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from llmpress.compress.quantize.layers import direct_linear, fuse_linears
 from llmpress.compress.quantize.storage import trim_heap
 from llmpress.engine import fastpath
+from llmpress.engine.memory import release_file_pages
 from llmpress.engine.sequence import Sequence
 from llmpress.errors import ConfigError, SourceError
 
@@ -131,6 +132,12 @@ class ModelRunner:
         self.o_proj: list[Any] = []
         self.down: list[Any] = []
         fast = (lambda m: direct_linear(m) or m) if self.dtype == torch.float32 else (lambda m: m)
+        # Float weights fused below are copied; their old storages may be pages of a mapped weight file
+        # that stay resident after the copy (see memory.release_file_pages).
+        replaced = [m.weight.untyped_storage() for layer in self.layers
+                    for m in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
+                              getattr(layer.mlp, "gate_proj", None), getattr(layer.mlp, "up_proj", None))
+                    if type(m) is torch.nn.Linear]
         for layer in self.layers:
             a, mlp = layer.self_attn, layer.mlp
             f = fuse_linears([a.q_proj, a.k_proj, a.v_proj])
@@ -145,6 +152,7 @@ class ModelRunner:
         self.norms = [(_rms(layer.input_layernorm), _rms(layer.post_attention_layernorm)) for layer in self.layers]
         self.final_norm = _rms(self.inner.norm)
         self.lm_head = fast(self.model.lm_head)
+        self.released_mb = release_file_pages(replaced) / 2**20
 
     def _attn_in(self, li: int, x: torch.Tensor, cos: torch.Tensor,
                  sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -339,6 +347,14 @@ class ModelRunner:
     @property
     def kv_cache_mb(self) -> float:
         return self.num_blocks * self.bytes_per_block / 2**20
+
+    def kv_resident_mb(self) -> float | None:
+        """MiB of the KV cache actually in RAM now (its pages become resident as requests write them);
+        None where the OS cannot say (see engine/memory.py)."""
+        from llmpress.engine.memory import resident_bytes
+
+        n = resident_bytes([*self.k_cache, *self.v_cache])
+        return None if n is None else n / 2**20
 
 
 def check_context(n_prompt: int, max_tokens: int, max_model_len: int) -> None:
