@@ -132,14 +132,14 @@ class ModelRunner:
         self.o_proj: list[Any] = []
         self.down: list[Any] = []
         fast = (lambda m: direct_linear(m) or m) if self.dtype == torch.float32 else (lambda m: m)
-        # Float weights fused below are copied; their old storages may be pages of a mapped weight file
-        # that stay resident after the copy (see memory.release_file_pages).
-        replaced = [m.weight.untyped_storage() for layer in self.layers
-                    for m in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
-                              getattr(layer.mlp, "gate_proj", None), getattr(layer.mlp, "up_proj", None))
-                    if type(m) is torch.nn.Linear]
+        self.released_mb = 0.0
         for layer in self.layers:
             a, mlp = layer.self_attn, layer.mlp
+            # Float weights fused below are copied; their old storages may be pages of a mapped weight file
+            # that would stay resident beside the copies (see memory.release_file_pages): dropped per layer.
+            replaced = [m.weight.untyped_storage() for m in (a.q_proj, a.k_proj, a.v_proj, getattr(mlp, "gate_proj", None),
+                                                             getattr(mlp, "up_proj", None))
+                        if type(m) is torch.nn.Linear]
             f = fuse_linears([a.q_proj, a.k_proj, a.v_proj])
             self.qkv.append(fast(f) if f is not None else None)
             self.qkv_mod.append(f)
@@ -149,10 +149,11 @@ class ModelRunner:
             self.gate_up_mod.append(f)
             self.o_proj.append(fast(a.o_proj))
             self.down.append(fast(mlp.down_proj) if ok else None)
+            self.released_mb += release_file_pages(replaced) / 2**20
+            del replaced
         self.norms = [(_rms(layer.input_layernorm), _rms(layer.post_attention_layernorm)) for layer in self.layers]
         self.final_norm = _rms(self.inner.norm)
         self.lm_head = fast(self.model.lm_head)
-        self.released_mb = release_file_pages(replaced) / 2**20
 
     def _attn_in(self, li: int, x: torch.Tensor, cos: torch.Tensor,
                  sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
