@@ -128,3 +128,13 @@ def test_release_file_pages_keeps_live_and_anonymous_memory(tmp_path: Path) -> N
     w.add_(1.0)  # private pages, written: must not be reverted while `w` lives
     assert release_file_pages([w.untyped_storage()]) == 0
     assert torch.equal(w, torch.full((1 << 16,), 2.0))
+
+
+@pytest.mark.slow
+def test_smollm2_fp32_engine_keeps_one_copy_of_fused_weights(smollm2) -> None:
+    """On the real model every fused q/k/v and gate/up weight's file pages leave RSS (whole pages only)."""
+    llm = LLM.from_model(smollm2.load_model(dtype=torch.float32), smollm2.load_tokenizer())
+    r = llm.engine.runner
+    fused = sum(m.weight.nbytes for m in [*r.qkv_mod, *r.gate_up_mod]) / 2**20
+    assert 0.95 * fused <= r.released_mb <= fused
+    assert r.kv_resident_mb() == 0.0
