@@ -115,6 +115,25 @@ def test_fused_float_weights_leave_the_mapped_file(tiny) -> None:
     assert [o.token_ids for o in llm.generate(PROMPTS, GREEDY)] == ref
 
 
+def test_mapped_bf16_artifact_serves_as_its_private_copy(tiny) -> None:
+    """A bf16 artifact is mapped from its file too: after the release the engine generates exactly what it
+    generates on a private in-memory copy of the same model (nothing released there)."""
+    import copy
+
+    art = quantize(tiny, make_config("bf16"), name="loadmem-bf16")
+    tok = tiny.load_tokenizer()
+    mapped = art.load_model()
+    private = copy.deepcopy(mapped)
+    assert mapped.model.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
+    outs, released = [], []
+    for m in (mapped, private):
+        llm = LLM.from_model(m, tok, kv_cache_mb=16)
+        released.append(llm.engine.runner.released_mb)
+        outs.append([o.token_ids for o in llm.generate(PROMPTS, GREEDY)])
+    assert released[0] > 0 and released[1] == 0
+    assert outs[0] == outs[1]
+
+
 def test_release_file_pages_keeps_live_and_anonymous_memory(tmp_path: Path) -> None:
     from safetensors import safe_open
     from safetensors.torch import save_file
