@@ -3,7 +3,9 @@
 The engine's KV cache lives in anonymous mmap pages that become resident only when written
 (`model_runner._lazy_zeros`), so "RSS minus the KV budget" would flatter a freshly loaded engine:
 `resident_bytes` asks the kernel (mincore) which of the tensors' pages are really in memory, so a
-benchmark can subtract the KV bytes actually resident. Linux only; elsewhere the functions return None.
+benchmark can subtract the KV bytes actually resident. `release_file_pages` drops from RSS the pages
+of a memory-mapped weight file that no tensor uses any more (float weights the engine fused into new
+tensors). Linux only; elsewhere the functions return None (or release nothing).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from llmpress.compress.quantize.layers import direct_linear, fuse_linears
 from llmpress.compress.quantize.storage import trim_heap
 from llmpress.engine import fastpath
-from llmpress.engine.memory import release_file_pages
+from llmpress.engine.memory import release_file_pages, resident_bytes
 from llmpress.engine.sequence import Sequence
 from llmpress.errors import ConfigError, SourceError
 
@@ -352,8 +352,6 @@ class ModelRunner:
     def kv_resident_mb(self) -> float | None:
         """MiB of the KV cache actually in RAM now (its pages become resident as requests write them);
         None where the OS cannot say (see engine/memory.py)."""
-        from llmpress.engine.memory import resident_bytes
-
         n = resident_bytes([*self.k_cache, *self.v_cache])
         return None if n is None else n / 2**20
 
