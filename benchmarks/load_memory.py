@@ -7,7 +7,9 @@ the stage rows are increments, so they add up to the total. The KV cache is mapp
 resident as requests write them), so "RSS - KV" subtracts the KV bytes the kernel reports resident
 (mincore), not the budget. Also: the peak RSS during load (VmHWM), the bytes of the model's own tensors,
 the float32 bytes among the weights of quantized layers (0 when nothing was materialised in float),
-and RSS after one short generate (everything the first requests fault in).
+and RSS after one short generate (everything the first requests fault in). The floor row loads only
+torch, the Rust tokenizer, the stored weights and our kernels in another fresh process: the least a torch
+process serving the artifact holds, without the transformers stack.
 
     .venv/bin/python benchmarks/load_memory.py [--model builtin:smollm2-135m]
         [--variants fp32,int8-weight-only,int4-weight-only:g32] [--threads 2]
@@ -93,6 +95,22 @@ def worker(path: str, threads: int) -> dict[str, Any]:
             "fast_path": runner.fast_path is not None}
 
 
+def floor_worker(path: str) -> float:
+    """RSS of the least a torch process serving this artifact holds: torch, the Rust tokenizer, the stored
+    weights (one buffer each) and our kernels, without transformers: what a leaner engine could reach."""
+    import tokenizers
+    import torch  # noqa: F401
+
+    from llmpress.compress.quantize import kernels
+    from llmpress.compress.quantize.storage import read_weights
+
+    tok = tokenizers.Tokenizer.from_file(str(Path(path) / "tokenizer.json"))
+    weights = read_weights(Path(path) / "model.safetensors")
+    kernels.get()
+    assert tok is not None and weights
+    return _status("VmRSS")
+
+
 def variant_path(spec: str, src: Any) -> Path:
     if Path(spec).expanduser().is_dir():
         return Path(spec).expanduser()
@@ -115,9 +133,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(HERE / "results"))
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--floor", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        print("RESULT " + json.dumps(worker(args.worker, args.threads)), flush=True)
+        res = floor_worker(args.worker) if args.floor else worker(args.worker, args.threads)
+        print("RESULT " + json.dumps(res), flush=True)
         return
 
     from llmpress.hardware import benchmark_record, machine_summary
@@ -134,6 +154,11 @@ def main() -> None:
                            capture_output=True, text=True, env=env, timeout=1800)
         line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
         r = json.loads(line[7:]) if line else {"error": (p.stderr or p.stdout).strip().splitlines()[-1:]}
+        if "error" not in r and (path / "tokenizer.json").exists():
+            p = subprocess.run([sys.executable, __file__, "--worker", str(path), "--floor"], capture_output=True,
+                               text=True, env=env, timeout=600)
+            line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
+            r["floor_no_transformers_mb"] = json.loads(line[7:]) if line else None
         r["variant"] = spec
         rows.append(r)
         print(f"  {json.dumps(r)}", flush=True)
@@ -149,7 +174,8 @@ def main() -> None:
                        ("peak_load_mb", "peak RSS during load"), ("model_tensors_mb", "model tensors"),
                        ("float32_in_quantized_layers_mb", "float32 weights in quantized layers"),
                        ("rss_after_generate_mb", "RSS after a 32+16-token generate"),
-                       ("kv_resident_after_generate_mb", "KV resident after it")):
+                       ("kv_resident_after_generate_mb", "KV resident after it"),
+                       ("floor_no_transformers_mb", "floor: torch + Rust tokenizer + weights + kernels")):
         table.append([label, *[r.get(key) for r in ok]])
     md = [f"# RSS after load: {args.model}", "", machine_summary(result["machine"]) + f" `{result['command']}`", "",
           "Stage rows are increments in a fresh process, in load order (their sum is RSS after load).", "",
