@@ -3,7 +3,9 @@
 Every engine gets the same 32-token prompts (slices of the pydoc eval text), generates 64 new tokens
 greedily with EOS ignored, at batch 1/8/32, medians of 3 (tok/s counts generated tokens over the whole
 call, prefill included); TTFT is one 32-token prompt to its first token; RSS is measured right after
-load in the engine's own fresh process; perplexity is each engine's own scoring of the same eval
+load in the engine's own fresh process (with its peak during load, and again after the timed runs); for
+llmpress also the KV-cache bytes actually resident then (the cache's pages fill as requests write them) and
+RSS minus those (`rss_minus_kv_mb`, the memory target's measure); perplexity is each engine's own scoring of the same eval
 tokens (non-overlapping 512-token windows).
 
 - llmpress: fp32, int8-weight-only, int4 g32, int4 g64 GPTQ (the engine `llmpress serve` runs, default
@@ -72,9 +74,10 @@ def install() -> None:
     print(f"peers installed in {PEERS_VENV} in {time.perf_counter() - t:.0f} s")
 
 
-def rss_mb() -> float:
+def rss_mb(field: str = "VmRSS") -> float:
+    """This process's RSS in MiB (`field="VmHWM"`: its peak so far)."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -109,6 +112,7 @@ def time_batches(gen: Any, prompts: list[list[int]], batches: list[int], repeats
             assert len(toks) == b and all(len(r) == NEW_TOKENS for r in toks), "engine did not generate every token"
             rates.append(b * NEW_TOKENS / dt)
         out[f"b{b}"] = statistics.median(rates)
+    out["rss_after_gen_mb"] = rss_mb()  # lazily mapped weights and KV pages are resident by now
     return out
 
 
@@ -128,11 +132,13 @@ def w_llmpress(path: str, d: dict[str, Any], a: argparse.Namespace) -> dict[str,
 
     torch.set_num_threads(a.threads)
     art = Artifact.open(Path(path))
-    model, tok = art.load_model(), art.load_tokenizer()
     t = time.perf_counter()
+    model, tok = art.load_model(), art.load_tokenizer()
     llm = LLM.from_model(model, tok, enable_prefix_caching=False)
-    rss = rss_mb()
+    rss, peak = rss_mb(), rss_mb("VmHWM")
     load_s = time.perf_counter() - t
+    runner = llm.engine.runner
+    kv = runner.kv_resident_mb()  # the KV budget is mapped, not written: only what is resident counts
     params = {n: SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True) for n in (1, 2, NEW_TOKENS)}
 
     def gen(prompts: list[list[int]], n: int) -> list[list[int]]:
@@ -150,8 +156,9 @@ def w_llmpress(path: str, d: dict[str, Any], a: argparse.Namespace) -> dict[str,
             nll += float(torch.nn.functional.cross_entropy(logits, w[1:], reduction="sum"))
             n += len(w) - 1
     fast = llm.engine.runner.fast_path
-    return {**res, "rss_after_load_mb": rss, "load_s": load_s, "ppl": ppl_from_nll(nll, n),
-            "note": f"fast path {'on' if fast is not None else 'off'}"}
+    return {**res, "rss_after_load_mb": rss, "peak_load_mb": peak, "kv_budget_mb": runner.kv_cache_mb,
+            "kv_resident_mb": kv, "rss_minus_kv_mb": None if kv is None else rss - kv, "load_s": load_s,
+            "ppl": ppl_from_nll(nll, n), "note": f"fast path {'on' if fast is not None else 'off'}"}
 
 
 def w_hf(d: dict[str, Any], a: argparse.Namespace) -> dict[str, Any]:
@@ -163,7 +170,7 @@ def w_hf(d: dict[str, Any], a: argparse.Namespace) -> dict[str, Any]:
     src = resolve(a.model)
     t = time.perf_counter()
     model = src.load_model(dtype=torch.float32).eval()
-    rss, load_s = rss_mb(), time.perf_counter() - t
+    rss, peak, load_s = rss_mb(), rss_mb("VmHWM"), time.perf_counter() - t
 
     def gen(prompts: list[list[int]], n: int) -> list[list[int]]:
         ids = torch.tensor(prompts)
@@ -182,7 +189,7 @@ def w_hf(d: dict[str, Any], a: argparse.Namespace) -> dict[str, Any]:
             logits = model(w[None, :-1]).logits[0].float()
             nll += float(torch.nn.functional.cross_entropy(logits, w[1:], reduction="sum"))
             n += len(w) - 1
-    return {**res, "rss_after_load_mb": rss, "load_s": load_s, "ppl": ppl_from_nll(nll, n)}
+    return {**res, "rss_after_load_mb": rss, "peak_load_mb": peak, "load_s": load_s, "ppl": ppl_from_nll(nll, n)}
 
 
 def w_llamacpp(gguf: str, d: dict[str, Any], a: argparse.Namespace) -> dict[str, Any]:
@@ -210,7 +217,7 @@ def w_llamacpp(gguf: str, d: dict[str, Any], a: argparse.Namespace) -> dict[str,
     ctx = L.llama_init_from_model(model, cparams)
     if not ctx:
         raise RuntimeError("llama.cpp could not create a context")
-    rss, load_s = rss_mb(), time.perf_counter() - t
+    rss, peak, load_s = rss_mb(), rss_mb("VmHWM"), time.perf_counter() - t
     vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(model))
     batch = L.llama_batch_init(4096, 0, maxb)
     mem = L.llama_get_memory(ctx) if hasattr(L, "llama_get_memory") else None
@@ -269,7 +276,7 @@ def w_llamacpp(gguf: str, d: dict[str, Any], a: argparse.Namespace) -> dict[str,
             nll += float(m + np.log(np.exp(row - m).sum()) - row[w[p + 1]])
             n += 1
     L.llama_batch_free(batch)
-    return {**res, "rss_after_load_mb": rss, "load_s": load_s, "ppl": ppl_from_nll(nll, n)}
+    return {**res, "rss_after_load_mb": rss, "peak_load_mb": peak, "load_s": load_s, "ppl": ppl_from_nll(nll, n)}
 
 
 def w_ct2(ct2_dir: str, d: dict[str, Any], a: argparse.Namespace) -> dict[str, Any]:
@@ -279,7 +286,7 @@ def w_ct2(ct2_dir: str, d: dict[str, Any], a: argparse.Namespace) -> dict[str, A
     tok = AutoTokenizer.from_pretrained(a.tokenizer_dir)
     t = time.perf_counter()
     gen_ = ctranslate2.Generator(ct2_dir, device="cpu", compute_type="int8", intra_threads=a.threads, inter_threads=1)
-    rss, load_s = rss_mb(), time.perf_counter() - t
+    rss, peak, load_s = rss_mb(), rss_mb("VmHWM"), time.perf_counter() - t
 
     def gen(prompts: list[list[int]], n: int) -> list[list[int]]:
         toks = [tok.convert_ids_to_tokens(p) for p in prompts]
@@ -293,7 +300,7 @@ def w_ct2(ct2_dir: str, d: dict[str, Any], a: argparse.Namespace) -> dict[str, A
     scored = gen_.score_batch([tok.convert_ids_to_tokens(w) for w in windows])
     nll = -sum(sum(r.log_probs) for r in scored)
     n = sum(len(r.log_probs) for r in scored)
-    return {**res, "rss_after_load_mb": rss, "load_s": load_s, "ppl": ppl_from_nll(nll, n)}
+    return {**res, "rss_after_load_mb": rss, "peak_load_mb": peak, "load_s": load_s, "ppl": ppl_from_nll(nll, n)}
 
 
 # -- orchestration ------------------------------------------------------------------------------------------
@@ -457,14 +464,18 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     stem = "peers_quick" if args.quick else "peers"
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
-    headers = ["engine", *[f"b{b} tok/s" for b in args.batches], "TTFT ms", "RSS after load MB", "ppl", "note"]
+    headers = ["engine", *[f"b{b} tok/s" for b in args.batches], "TTFT ms", "RSS after load MB", "KV resident MB",
+               "RSS - KV MB", "peak load MB", "RSS after runs MB", "ppl", "note"]
     table = [[r["engine"], *[r.get(f"b{b}") for b in args.batches], r.get("ttft_ms"), r.get("rss_after_load_mb"),
+              r.get("kv_resident_mb"), r.get("rss_minus_kv_mb"), r.get("peak_load_mb"), r.get("rss_after_gen_mb"),
               r.get("ppl"), r.get("error") or r.get("note", "")] for r in rows]
     m = result["machine"]
     md = [f"# Peers: {args.model}{' (quick)' if args.quick else ''}", "",
           f"{machine_summary(m)}; {args.threads} threads; `{result['command']}`. {PROMPT_TOKENS}-token prompts, {NEW_TOKENS} new tokens greedy (EOS ignored), tok/s "
           f"incl. prefill, median of {args.repeats}; perplexity over {len(d['eval'])} eval tokens in {WINDOW}-token "
-          "windows, each engine's own scoring. llama.cpp Q8_0 is re-quantized from the shipped Q4_1.", "",
+          "windows, each engine's own scoring. llama.cpp Q8_0 is re-quantized from the shipped Q4_1. "
+          "RSS - KV (llmpress): RSS after load minus the KV-cache pages resident then (its 256 MiB budget is mapped "
+          "lazily); peers' RSS includes whatever KV they allocate at load.", "",
           markdown_table(headers, table)]
     (out / f"{stem}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from llmpress.compress.quantize.layers import direct_linear, fuse_linears
 from llmpress.compress.quantize.storage import trim_heap
 from llmpress.engine import fastpath
+from llmpress.engine.memory import release_file_pages, resident_bytes
 from llmpress.engine.sequence import Sequence
 from llmpress.errors import ConfigError, SourceError
 
@@ -131,8 +132,14 @@ class ModelRunner:
         self.o_proj: list[Any] = []
         self.down: list[Any] = []
         fast = (lambda m: direct_linear(m) or m) if self.dtype == torch.float32 else (lambda m: m)
+        self.released_mb = 0.0
         for layer in self.layers:
             a, mlp = layer.self_attn, layer.mlp
+            # Float weights fused below are copied; their old storages may be pages of a mapped weight file
+            # that would stay resident beside the copies (see memory.release_file_pages): dropped per layer.
+            replaced = [m.weight.untyped_storage() for m in (a.q_proj, a.k_proj, a.v_proj, getattr(mlp, "gate_proj", None),
+                                                             getattr(mlp, "up_proj", None))
+                        if type(m) is torch.nn.Linear]
             f = fuse_linears([a.q_proj, a.k_proj, a.v_proj])
             self.qkv.append(fast(f) if f is not None else None)
             self.qkv_mod.append(f)
@@ -142,6 +149,8 @@ class ModelRunner:
             self.gate_up_mod.append(f)
             self.o_proj.append(fast(a.o_proj))
             self.down.append(fast(mlp.down_proj) if ok else None)
+            self.released_mb += release_file_pages(replaced) / 2**20
+            del replaced
         self.norms = [(_rms(layer.input_layernorm), _rms(layer.post_attention_layernorm)) for layer in self.layers]
         self.final_norm = _rms(self.inner.norm)
         self.lm_head = fast(self.model.lm_head)
@@ -339,6 +348,12 @@ class ModelRunner:
     @property
     def kv_cache_mb(self) -> float:
         return self.num_blocks * self.bytes_per_block / 2**20
+
+    def kv_resident_mb(self) -> float | None:
+        """MiB of the KV cache actually in RAM now (its pages become resident as requests write them);
+        None where the OS cannot say (see engine/memory.py)."""
+        n = resident_bytes([*self.k_cache, *self.v_cache])
+        return None if n is None else n / 2**20
 
 
 def check_context(n_prompt: int, max_tokens: int, max_model_len: int) -> None:

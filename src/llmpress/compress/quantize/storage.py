@@ -72,7 +72,6 @@ def prepare_all(model: nn.Module) -> nn.Module:
 def load_quantized(art: Artifact, **_: Any) -> nn.Module:
     """Rebuild an already-quantized model from its stored int tensors (the `quantized` loader)."""
     from accelerate import init_empty_weights
-    from safetensors.torch import load_file
     from transformers import AutoConfig
 
     from llmpress.sources.hf import auto_class, quiet_hf, read_config
@@ -93,9 +92,7 @@ def load_quantized(art: Artifact, **_: Any) -> nn.Module:
         spec = dict(spec)
         kind = spec.pop("kind")
         model.set_submodule(name, empty_like_kind(kind, model.get_submodule(name), spec))
-    # safetensors hands out views into one file buffer, not 64-byte aligned; the AVX-512 int8
-    # kernel segfaults on unaligned weights, so each tensor gets its own (aligned) allocation.
-    sd = {k: v.clone() for k, v in load_file(str(art.path / WEIGHTS)).items()}
+    sd = read_weights(art.path / WEIGHTS)
     for key, src in (q.get("aliases") or {}).items():
         sd[key] = sd[src]
     missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
@@ -116,6 +113,32 @@ def load_quantized(art: Artifact, **_: Any) -> nn.Module:
     del sd
     trim_heap()  # the file buffer and its per-tensor copies are freed: give the pages back
     return model
+
+
+ALIGN = 64
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Every stored tensor in its own 64-byte-aligned allocation, read one at a time.
+
+    Why not `load_file(...)` + clone: its tensors are views into one mmap of the file, and cloning
+    them faults every page of the file in beside the copies, so loading peaked at twice the weights.
+    Read with pread, a tensor is its own buffer and only an unaligned one is copied (aten's int8 / int4
+    fallback kernels want aligned weights): the peak is the weights plus one tensor.
+    """
+    from safetensors import safe_open
+
+    try:
+        f = safe_open(str(path), framework="pt", backend="pread")
+    except TypeError:  # safetensors < 0.8 reads through mmap only
+        f = safe_open(str(path), framework="pt")
+    sd: dict[str, torch.Tensor] = {}
+    with f:
+        for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+            t = f.get_tensor(key)
+            sd[key] = t if t.data_ptr() % ALIGN == 0 else t.clone(memory_format=torch.contiguous_format)
+            del t
+    return sd
 
 
 def trim_heap() -> None:
