@@ -6,6 +6,7 @@ directory is on sys.path). Servers bind 127.0.0.1 only.
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import socket
@@ -15,6 +16,15 @@ import time
 from pathlib import Path
 
 import httpx
+
+_LAUNCHED: list[subprocess.Popen] = []
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    """A benchmark that fails between starting a server and its `finally` must not leave the server running."""
+    for proc in _LAUNCHED:
+        stop(proc, wait=20)
 
 
 def pct(xs: list[float], q: float, empty: float | None = float("nan")) -> float | None:
@@ -45,6 +55,8 @@ def launch(args: list[str], port: int, *, ready: str = "/ready", log: Path | Non
     else:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
                                 start_new_session=new_session)
+
+    _LAUNCHED.append(proc)
 
     def last_output() -> str:
         if log is not None:
