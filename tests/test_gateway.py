@@ -374,6 +374,49 @@ def test_cost_recorded_equals_usage_times_price(env):
     assert any(row["key"] == client_id and row["cost_usd"] >= float(recorded) for row in by_key["rows"])
 
 
+def test_request_id_echoed_and_an_invalid_one_refused_before_forwarding(env):
+    h = {"Authorization": f"Bearer {env['client_key']}"}
+    r = httpx.post(env["gw"].url + "/v1/chat/completions", json=chat("chat"), timeout=120,
+                   headers={**h, "x-request-id": "client-req.42:a"})
+    assert r.status_code == 200 and r.headers["x-request-id"] == "client-req.42:a"
+    assert ledger_row("client-req.42:a").status == 200
+    r = httpx.post(env["gw"].url + "/v1/chat/completions", json=chat("chat"), timeout=120,
+                   headers={**h, "x-request-id": "no spaces allowed"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "x-request-id"
+
+
+def test_cost_writer_groups_concurrent_rows_and_isolates_a_bad_one(fresh_registry):
+    """Rows settled together share transactions; a row the database refuses fails alone."""
+    import asyncio
+
+    from llmpress.gateway.app import CostWriter
+    from llmpress.registry.cost import CostLedger, RequestCostRow
+
+    class CountingLedger(CostLedger):
+        transactions = 0
+
+        def record_many(self, rows):
+            type(self).transactions += 1
+            return super().record_many(rows)
+
+    ledger = CountingLedger()
+    writer = CostWriter(ledger)
+
+    def row(i: int, route: str | None = "r") -> RequestCostRow:
+        return RequestCostRow(request_id=f"req-{i}", key_id=None, route=route, target="t", model="m", tokens_in=i,
+                              tokens_out=1, cost_nusd=10 * i, status=200)
+
+    async def write_all(rows: list[RequestCostRow]) -> list:
+        return await asyncio.gather(*(writer.write(r) for r in rows), return_exceptions=True)
+
+    assert asyncio.run(write_all([row(i) for i in range(40)])) == [None] * 40
+    assert CountingLedger.transactions < 40  # grouped: not one transaction per row
+    results = asyncio.run(write_all([row(40), row(99, route=None), row(41)]))  # NOT NULL route: refused
+    assert results[0] is None and isinstance(results[1], Exception) and results[2] is None
+    stored = {r.request_id: r.cost_nusd for r in ledger.rows()}
+    assert stored == {f"req-{i}": 10 * i for i in range(42)}
+
+
 def test_money_budget_refuses_and_counts_in_flight(env):
     from llmpress.registry.cost import CostLedger
     from llmpress.registry.keys import KeyStore
