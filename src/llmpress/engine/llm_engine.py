@@ -7,38 +7,33 @@ that drives it in a server lives in `llmpress.server.driver`; the offline API is
 
 from __future__ import annotations
 
-import copy
 import logging
-import threading
 import time
-from collections import deque
+from collections.abc import Iterable
+from itertools import chain
 from typing import Any
 
 import torch
 
 from llmpress.engine.block_manager import BlockManager
 from llmpress.engine.config import EngineConfig
-from llmpress.engine.detokenizer import IncrementalDetokenizer
+from llmpress.engine.intake import RequestIntake
 from llmpress.engine.model_runner import ModelRunner, check_context
 from llmpress.engine.outputs import StepOutput
 from llmpress.engine.sampler import sample, top_logprobs
 from llmpress.engine.scheduler import Scheduler, SchedulerConfig
 from llmpress.engine.sequence import SamplingParams, Sequence
-from llmpress.errors import ConfigError, DataError, EngineUnhealthyError, OverloadedError
+from llmpress.errors import ConfigError
 
 log = logging.getLogger("llmpress.engine")
 
 
-class LLMEngine:
+class LLMEngine(RequestIntake):
     def __init__(self, model: Any, tokenizer: Any, config: EngineConfig | None = None) -> None:
         self.config = cfg = config or EngineConfig()
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
-        # `tokenizer` belongs to the caller's thread (the server encodes prompts with it); the engine
-        # thread detokenizes with its own copy: a Rust tokenizer used from two threads at once fails
-        # with "Already borrowed".
-        self.tokenizer = tokenizer
-        self._detok_tokenizer = copy.deepcopy(tokenizer)
+        self._init_intake(tokenizer, cfg.max_waiting)
         self.runner = ModelRunner(model, cfg.block_size, int(cfg.kv_cache_mb * 2**20))
         self.blocks = BlockManager(self.runner.num_blocks, cfg.block_size, cfg.enable_prefix_caching)
         self.scheduler = Scheduler(SchedulerConfig(cfg.max_batch, cfg.max_tokens_per_step, cfg.max_waiting),
@@ -52,32 +47,17 @@ class LLMEngine:
             elif isinstance(src, list):
                 eos.update(int(x) for x in src)
         self.eos_ids = eos
-        self._inbox: deque[Sequence] = deque()
-        self._aborts: deque[Sequence] = deque()
-        self.lock = threading.Lock()
-        self.steps = 0
-        self.tokens_out = 0
         self.faults = 0  # model failures on a single request (that request failed alone)
         self.consecutive_faults = 0  # steps in a row where every request the model ran failed
-        self.unhealthy: str | None = None  # why the engine refuses new work, once it does
 
     @classmethod
     def from_artifact(cls, artifact: Any, **config: Any) -> LLMEngine:
         return cls(artifact.load_model(), artifact.load_tokenizer(), EngineConfig(**config))
 
-    @property
-    def healthy(self) -> bool:
-        return self.unhealthy is None
-
-    # -- requests (any thread) -----------------------------------------------------------
+    # -- requests (any thread; add / abort are RequestIntake's) ----------------------------
     def make_sequence(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None) -> Sequence:
         """Validate a request against the model and the KV budget; raises a clear error instead of queueing it."""
-        if not prompt_ids:
-            raise DataError("the prompt is empty", "send at least one token of prompt", param="prompt")
-        vocab = self.runner.vocab_size
-        if min(prompt_ids) < 0 or (vocab and max(prompt_ids) >= vocab):
-            raise DataError(f"prompt token ids must be in [0, {vocab})", "send ids from this model's tokenizer",
-                            param="prompt")
+        self.check_prompt(prompt_ids, self.runner.vocab_size)
         check_context(len(prompt_ids), params.max_tokens, self.max_model_len)
         need = -(-(len(prompt_ids) + params.max_tokens) // self.config.block_size)
         if need > self.runner.num_blocks:
@@ -87,67 +67,25 @@ class LLMEngine:
                               param="max_tokens")
         return Sequence(prompt_ids, params, request_id, self.config.block_size)
 
-    def add(self, seq: Sequence) -> None:
-        """Queue a validated sequence (thread-safe); refuses when unhealthy or when the bounded queue is full."""
-        with self.lock:
-            if self.unhealthy is not None:
-                raise EngineUnhealthyError(f"the engine is unhealthy and takes no new work ({self.unhealthy})",
-                                           "restart the server; its log has the failing step's traceback")
-            if len(self._inbox) + len(self.scheduler.waiting) >= self.config.max_waiting:
-                raise OverloadedError(f"the request queue is full ({self.config.max_waiting} waiting)",
-                                      "retry after a few seconds")
-            self._inbox.append(seq)
+    # -- the queue behind RequestIntake: the scheduler's ----------------------------------
+    def _enqueue(self, seq: Sequence) -> None:
+        self.scheduler.add(seq)
 
-    def add_request(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None) -> Sequence:
-        seq = self.make_sequence(prompt_ids, params, request_id)
-        self.add(seq)
-        return seq
+    def _queued(self) -> int:
+        return len(self.scheduler.waiting)
 
-    def abort(self, seq: Sequence) -> None:
-        """Cancel a request (client gone); its blocks are freed at the next step (thread-safe)."""
-        with self.lock:
-            self._aborts.append(seq)
-
-    @property
-    def num_waiting(self) -> int:
-        return len(self._inbox) + len(self.scheduler.waiting)
+    def _live(self) -> Iterable[Sequence]:
+        return chain(self.scheduler.running, self.scheduler.waiting)
 
     @property
     def num_running(self) -> int:
         return len(self.scheduler.running)
-
-    def has_work(self) -> bool:
-        return bool(self._inbox or self._aborts or self.scheduler.has_work())
 
     # -- the step (engine thread only) ---------------------------------------------------
     def _finish(self, seq: Sequence, reason: str, error: str | None = None) -> None:
         self.scheduler.remove(seq)
         seq.error = error
         seq.finish(reason)
-
-    def _admit(self) -> list[Sequence]:
-        done: list[Sequence] = []
-        with self.lock:
-            while self._inbox:
-                seq = self._inbox.popleft()
-                seq.detok = IncrementalDetokenizer(self._detok_tokenizer, seq.token_ids, seq.params.stop)
-                self.scheduler.add(seq)
-            aborts = list(self._aborts)
-            self._aborts.clear()
-        for seq in aborts:
-            if not seq.is_finished:
-                self._finish(seq, "abort")
-                done.append(seq)
-        now = time.perf_counter()
-        for seq in list(self.scheduler.running) + list(self.scheduler.waiting):
-            t = seq.params.timeout
-            if t is not None and now - seq.arrival > t:
-                self._finish(seq, "timeout")
-                done.append(seq)
-            elif seq.params.max_tokens == 0 and seq.params.prompt_logprobs is None:
-                self._finish(seq, "length")
-                done.append(seq)
-        return done
 
     def _run_isolated(self, items: list[tuple[Sequence, int]], num_decode: int,
                       want_all: set[int]) -> tuple[list[tuple[int, torch.Tensor]], list[tuple[int, str]]]:

@@ -9,6 +9,8 @@ and `past_key_values.{i}.key|value` [B, kv_heads, past, head_dim] and returns `l
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ import numpy as np
 
 from llmpress.artifact import Artifact, register_loader
 from llmpress.engine.backends.base import RuntimeLM
+from llmpress.engine.intake import RequestIntake
 from llmpress.errors import ConfigError, ManifestError
 
 _NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(bfloat16)": np.float32}
@@ -139,7 +142,7 @@ def load_triton(art: Artifact, **_: Any) -> OrtSessionLM:
     return OrtSessionLM(files[-1], art.manifest)
 
 
-class OrtGenAIEngine:
+class OrtGenAIEngine(RequestIntake):
     """The serving surface of `LLMEngine` over ONNX Runtime GenAI, for `llmpress serve` of an onnx artifact.
 
     Each request owns one `og.Generator` (its own KV cache inside ONNX Runtime GenAI); a step
@@ -151,91 +154,59 @@ class OrtGenAIEngine:
     """
 
     def __init__(self, artifact: Artifact, max_batch: int = 8, max_waiting: int = 256) -> None:
-        import threading
         from collections import deque
 
         self.lm = OrtGenAILM(artifact.path, artifact.manifest)
         self.og = self.lm.og
-        self.tokenizer = artifact.load_tokenizer()
-        self._detok_tokenizer = __import__("copy").deepcopy(self.tokenizer)  # the engine thread's own
+        self._init_intake(artifact.load_tokenizer(), max_waiting)
         genai = __import__("json").loads((artifact.path / "genai_config.json").read_text())
         self.max_model_len = int(genai["model"].get("context_length") or 2048)
         self.vocab_size = int(genai["model"].get("vocab_size") or 0)
         self.max_batch = max_batch
-        self.max_waiting = max_waiting
         eos = genai["model"].get("eos_token_id")
         self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         if self.tokenizer.eos_token_id is not None:
             self.eos_ids.add(int(self.tokenizer.eos_token_id))
-        self._inbox: deque[Any] = deque()
-        self._aborts: deque[Any] = deque()
         self.waiting: deque[Any] = deque()
         self.running: list[Any] = []
-        self._gens: dict[int, Any] = {}
-        self.lock = threading.Lock()
-        self.steps = 0
-        self.tokens_out = 0
-        self.unhealthy: str | None = None  # ONNX Runtime failures fail their request alone
+        self._gens: dict[int, Any] = {}  # ONNX Runtime failures fail their request alone: never unhealthy
 
-    @property
-    def healthy(self) -> bool:
-        return self.unhealthy is None
-
-    # -- requests (the same contract as LLMEngine) ---------------------------------------
+    # -- requests (the same contract as LLMEngine; add / abort are RequestIntake's) -------
     def make_sequence(self, prompt_ids: list[int], params: Any, request_id: str | None = None) -> Any:
         from llmpress.engine.model_runner import check_context
         from llmpress.engine.sequence import Sequence
-        from llmpress.errors import DataError
 
-        if not prompt_ids:
-            raise DataError("the prompt is empty", "send at least one token of prompt", param="prompt")
-        if min(prompt_ids) < 0 or (self.vocab_size and max(prompt_ids) >= self.vocab_size):
-            raise DataError(f"prompt token ids must be in [0, {self.vocab_size})",
-                            "send ids from this model's tokenizer", param="prompt")
+        self.check_prompt(prompt_ids, self.vocab_size)
         if params.prompt_logprobs is not None:
             raise ConfigError("prompt logprobs (echo scoring) are not available with ONNX Runtime GenAI",
                               "serve the hf parent of this export for scoring", param="prompt_logprobs")
         check_context(len(prompt_ids), params.max_tokens, self.max_model_len)
         return Sequence(prompt_ids, params, request_id)
 
-    def add(self, seq: Any) -> None:
-        from llmpress.errors import OverloadedError
-
-        with self.lock:
-            if len(self._inbox) + len(self.waiting) >= self.max_waiting:
-                raise OverloadedError(f"the request queue is full ({self.max_waiting} waiting)",
-                                      "retry after a few seconds")
-            self._inbox.append(seq)
-
-    def add_request(self, prompt_ids: list[int], params: Any, request_id: str | None = None) -> Any:
-        seq = self.make_sequence(prompt_ids, params, request_id)
-        self.add(seq)
-        return seq
-
-    def abort(self, seq: Any) -> None:
-        with self.lock:
-            self._aborts.append(seq)
-
-    @property
-    def num_waiting(self) -> int:
-        return len(self._inbox) + len(self.waiting)
-
     @property
     def num_running(self) -> int:
         return len(self.running)
 
-    def has_work(self) -> bool:
-        return bool(self._inbox or self._aborts or self.waiting or self.running)
+    # -- the queue behind RequestIntake ----------------------------------------------------
+    def _enqueue(self, seq: Any) -> None:
+        self.waiting.append(seq)
 
-    # -- the step ------------------------------------------------------------------------
-    def _drop(self, seq: Any, reason: str) -> None:
+    def _queued(self) -> int:
+        return len(self.waiting)
+
+    def _live(self) -> Iterable[Any]:
+        return chain(self.running, self.waiting)
+
+    def _finish(self, seq: Any, reason: str, error: str | None = None) -> None:
         if seq in self.running:
             self.running.remove(seq)
         if seq in self.waiting:
             self.waiting.remove(seq)
         self._gens.pop(seq.seq_id, None)
+        seq.error = error
         seq.finish(reason)
 
+    # -- the step ------------------------------------------------------------------------
     def step(self) -> list[Any]:
         """Admit, then advance every running request by one token; returns immutable `StepOutput`s."""
         from llmpress.engine.llm_engine import publish
@@ -250,27 +221,7 @@ class OrtGenAIEngine:
         from llmpress.engine.sampler import sample, top_logprobs
         from llmpress.engine.sequence import SequenceStatus
 
-        touched: list[Any] = []
-        from llmpress.engine.detokenizer import IncrementalDetokenizer
-
-        with self.lock:
-            while self._inbox:
-                seq = self._inbox.popleft()
-                seq.detok = IncrementalDetokenizer(self._detok_tokenizer, seq.token_ids, seq.params.stop)
-                self.waiting.append(seq)
-            while self._aborts:
-                seq = self._aborts.popleft()
-                if not seq.is_finished:
-                    self._drop(seq, "abort")
-                    touched.append(seq)
-        now = time.perf_counter()
-        for seq in list(self.running) + list(self.waiting):
-            if seq.params.timeout is not None and now - seq.arrival > seq.params.timeout:
-                self._drop(seq, "timeout")
-                touched.append(seq)
-            elif seq.params.max_tokens == 0:
-                self._drop(seq, "length")
-                touched.append(seq)
+        touched: list[Any] = self._admit()
         while self.waiting and len(self.running) < self.max_batch:
             seq = self.waiting.popleft()
             params = self.og.GeneratorParams(self.lm.model)
@@ -313,7 +264,7 @@ class OrtGenAIEngine:
             if reason is None and seq.num_output_tokens >= p.max_tokens:
                 reason = "length"
             if reason:
-                self._drop(seq, reason)
+                self._finish(seq, reason)
             else:
                 self._gens[seq.seq_id].append_tokens(np.asarray([[tok]], dtype=np.int32))
                 seq.num_computed = len(seq)
