@@ -108,6 +108,7 @@ def build_onnx(src: Artifact, config: OnnxConfig, dest: Path, progress: Any = No
         from llmpress.export.onnx_int4 import rewrite_matmulnbits
 
         facts["int4"] = rewrite_matmulnbits(dest / "model.onnx", weights, progress)
+        _REFERENCE.clear()  # at most one (the latest) kept: a Triton build never verifies through it
         _REFERENCE[str(dest)] = weights.model
     facts["files"] = sorted(p.name for p in dest.iterdir())
     return facts
