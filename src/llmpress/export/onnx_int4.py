@@ -55,8 +55,12 @@ def llmpress_int4(src: Artifact, group: int) -> Int4Weights:
     `llmpress quantize --scheme int4-weight-only`), or read from an int4-weight-only source artifact."""
     import torch
 
-    from llmpress.compress.quantize.layers import Int4WeightOnlyLinear, Int8WeightOnlyLinear, QuantModule, \
-        unpack_nibbles
+    from llmpress.compress.quantize.layers import (
+        Int4WeightOnlyLinear,
+        Int8WeightOnlyLinear,
+        QuantModule,
+        unpack_nibbles,
+    )
 
     if src.manifest.loader == "quantized":
         q = src.manifest.extra.get("quantization") or {}
