@@ -135,7 +135,6 @@ def test_onnx_int4_is_llmpress_int4_g32_in_matmulnbits(tiny, int4_g32, prompts):
     assert art.bytes_on_disk() < 0.5 * sum(p.stat().st_size for p in tiny.path.glob("*.safetensors"))
 
 
-@pytest.mark.slow  # a second int4 export (builder + verification): ~40 s on a busy CPU
 def test_onnx_int4_from_an_int4_artifact_uses_its_stored_blocks(tiny, int4_g32, prompts):
     from llmpress.compress.quantize import make_config as qconfig
     from llmpress.compress.quantize import quantize
