@@ -79,21 +79,82 @@ def test_onnx_fp32_is_a_verified_child_that_onnxruntime_genai_runs(tiny, onnx_fp
     assert rt.greedy(same_len, 6) == [torch_greedy(tiny_model, p, 6) for p in same_len]
 
 
-def test_onnx_int4_uses_matmulnbits_block_32(tiny):
+@pytest.fixture(scope="module")
+def int4_g32(tiny):
+    from llmpress.compress.quantize import make_config as qconfig
+    from llmpress.compress.quantize import quantize
+
+    return quantize(tiny, qconfig("int4-weight-only", group_size=32))
+
+
+# int4 ONNX must reproduce llmpress's own int4 model: the same blocks in fp32 arithmetic (MatMulNBits at
+# accuracy level 1), so logits agree to float rounding; a wrong nibble order, scale or min is O(0.1-1).
+INT4_ATOL = 1e-3
+
+
+def test_onnx_int4_is_llmpress_int4_g32_in_matmulnbits(tiny, int4_g32, prompts):
     import onnx
+    from onnx import numpy_helper
+    from safetensors.numpy import load_file
 
     from llmpress.export import export, make_config
 
-    art = export(tiny, make_config("onnx", precision="int4"))
-    graph = onnx.load(str(art.path / "model.onnx"), load_external_data=False).graph
+    art = export(tiny, make_config("onnx", precision="int4"))  # from the float source: quantized as llmpress does
+    graph = onnx.load(str(art.path / "model.onnx")).graph
+    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
-    assert nbits, "int4 export has no MatMulNBits node"
-    attrs = {a.name: a.i for a in nbits[0].attribute}
-    assert attrs["block_size"] == 32 and attrs["bits"] == 4
-    assert {a.i for n in nbits for a in n.attribute if a.name == "bits"} == {4, 8}  # int8 head, int4 body
-    v = art.manifest.extra["export"]["verification"]
+    assert {(a.name, a.i) for n in nbits for a in n.attribute if a.name in ("block_size", "bits")} == \
+        {("block_size", 32), ("bits", 4), ("bits", 8)}  # int8 head, int4 body, blocks of 32
+    # B and scales are the int4 artifact's stored codes and scales (q, k, v rows fused as the builder fuses them)
+    sd = load_file(str(int4_g32.path / "model.safetensors"))
+    node = next(n for n in nbits if "layers.1/attn/qkv_proj" in n.name)
+    pre = "model.layers.1.self_attn."
+    qweight = np.concatenate([sd[pre + p + ".qweight"] for p in ("q_proj", "k_proj", "v_proj")])
+    assert np.array_equal(inits[node.input[1]].reshape(qweight.shape), qweight)
+    assert np.array_equal(inits[node.input[2]], np.concatenate(
+        [sd[pre + p + ".scales"] for p in ("q_proj", "k_proj", "v_proj")]).astype(np.float32))
+    mins = inits["model.layers.1.attn.qkv_proj.MatMul.weight_min"]
+    assert np.array_equal(mins.T, np.concatenate([sd[pre + p + ".mins"] for p in ("q_proj", "k_proj", "v_proj")]))
+    head = next(n for n in nbits if n.name.startswith("/lm_head"))
+    codes = sd["lm_head.qweight"] if "lm_head.qweight" in sd else sd["model.embed_tokens.qweight"]
+    assert np.array_equal(inits[head.input[1]].reshape(codes.shape).astype(np.int16) - 128, codes)
+    # the tied embedding gathers the same int8 blocks
+    gbq = next(n for n in graph.node if n.op_type == "GatherBlockQuantized")
+    assert list(gbq.input[2:4]) == list(head.input[2:4])
+    facts = art.manifest.extra["export"]
+    assert facts["int4"]["matmulnbits_int4"] == 2 * 5 and facts["int4"]["matmulnbits_int8_head"] == 1
+    v = facts["verification"]  # vs the float source, and vs llmpress int4 (which it must reproduce)
     assert v["runtime"] == "onnxruntime-genai" and not v["exact"] and v["top1_agreement"] > 0.5
+    assert v["llmpress_int4"]["max_abs_logit_diff"] < INT4_ATOL and v["llmpress_int4"]["greedy_identical"] == 2
+    # logits through ONNX Runtime GenAI == llmpress int4's own, position by position
+    rt, ref_model = art.load_model(), int4_g32.load_model()
+    for p in prompts:
+        with torch.no_grad():
+            ref = ref_model(input_ids=torch.tensor([p])).logits[0].float().numpy()
+        assert np.abs(rt.logits(p) - ref).max() < INT4_ATOL
     assert art.bytes_on_disk() < 0.5 * sum(p.stat().st_size for p in tiny.path.glob("*.safetensors"))
+
+
+def test_onnx_int4_from_an_int4_artifact_uses_its_stored_blocks(tiny, int4_g32, prompts):
+    from llmpress.compress.quantize import make_config as qconfig
+    from llmpress.compress.quantize import quantize
+    from llmpress.export import export, make_config
+    from llmpress.export.base import ExportError
+
+    art = export(int4_g32, make_config("onnx", precision="int4"))
+    assert art.manifest.parent == int4_g32.id
+    facts = art.manifest.extra["export"]
+    assert "stored codes" in facts["int4"]["from"] and facts["verification"]["exact"]
+    assert facts["verification"]["max_abs_logit_diff"] < INT4_ATOL
+    rt, ref_model = art.load_model(), int4_g32.load_model()
+    with torch.no_grad():
+        ref = ref_model(input_ids=torch.tensor([prompts[1]])).logits[0].float().numpy()
+    assert np.abs(rt.logits(prompts[1]) - ref).max() < INT4_ATOL
+    q64 = quantize(tiny, qconfig("int4-weight-only", group_size=64))
+    with pytest.raises(ExportError, match="blocks of 32"):
+        export(q64, make_config("onnx", precision="int4"))
+    with pytest.raises(ExportError, match="cannot read at fp32"):
+        export(int4_g32, make_config("onnx", precision="fp32"))
 
 
 def test_gguf_f32_round_trips_through_our_gguf_import(tiny, gguf_f32, tiny_model):
@@ -259,6 +320,7 @@ def test_bad_input_one_line_nonzero_nothing_written(tiny, onnx_fp32, tmp_path):
         (["builtin:tiny-llama", "--format", "tflite"], "unknown export format"),
         (["builtin:tiny-llama", "--format", "gguf", "--precision", "q3_k"], "has no precision"),
         (["builtin:tiny-llama", "--format", "onnx", "--precision", "fp16"], "has no precision"),
+        (["builtin:tiny-llama", "--format", "onnx", "--precision", "int4", "--block-size", "16"], "no size 16"),
         (["builtin:tiny-llama", "--format", "gguf", "--block-size", "32"], "has no option block_size"),
         (["builtin:tiny-llama", "--format", "gguf", "--out", str(taken)], "already exists"),
         ([str(other), "--format", "gguf"], "GGUF export handles LlamaForCausalLM"),
