@@ -42,19 +42,23 @@ def free_port() -> int:
 
 
 def launch(args: list[str], port: int, *, ready: str = "/ready", log: Path | None = None,
-           env: dict[str, str] | None = None, timeout: float = 300, new_session: bool = False) -> subprocess.Popen:
+           env: dict[str, str] | None = None, timeout: float = 300, new_session: bool = False,
+           cpus: set[int] | None = None) -> subprocess.Popen:
     """`python -m llmpress.cli.main ARGS` in its own process; returns once GET 127.0.0.1:PORT/READY is 200.
 
-    Output goes to `log` (appended) when given, else stderr is kept for the error message. A process that
-    exits or is not ready within `timeout` seconds ends the benchmark with its last output.
+    Output goes to `log` (appended) when given, else stderr is kept for the error message. `cpus` pins the
+    process to those CPUs. A process that exits or is not ready within `timeout` seconds ends the benchmark
+    with its last output.
     """
     cmd = [sys.executable, "-m", "llmpress.cli.main", *args]
+    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
     if log is not None:
         out = log.open("a")
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=new_session)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=new_session,
+                                preexec_fn=pin)
     else:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
-                                start_new_session=new_session)
+                                start_new_session=new_session, preexec_fn=pin)
 
     _LAUNCHED.append(proc)
 

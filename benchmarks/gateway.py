@@ -8,7 +8,10 @@
    load runs against a local-only route and a local-first route whose local target spills above a queue
    of 2: share of requests per target, recorded cost, and the local server's p99 TTFT with and without
    spillover.
-Servers, gateway and load generator are separate processes. Never asserts time.
+Servers, gateway and load generator are separate processes. On 2+ CPUs they are pinned (`--no-pin` turns it
+off): upstream servers own CPU 0, as they would own their machine, and the gateway and load generator share
+the rest, so the gateway's cost is measured as latency rather than as CPU taken from the upstream's decode
+(on 2 cores unpinned, the extra hop's CPU slows the server itself). Never asserts time.
 Writes benchmarks/results/gateway.json, gateway.md and gateway.png. `--quick` runs a few requests per level.
 """
 
@@ -32,9 +35,27 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def serve(model: str, port: int, log: Path, *extra: str) -> subprocess.Popen:
+# CPU layout (--pin, the default on 2+ CPUs): an upstream server and its model own CPU 0 with one torch
+# thread, as they would own their machine; the gateway and the load generator share the other CPUs, so
+# what the gateway costs shows up as its own latency instead of slowing the upstream's decode. In the
+# hybrid run the cloud-priced server sits with the gateway: it is somewhere else, not on the local box.
+LAYOUT: dict[str, set[int] | None] = {"upstream": None, "front": None}
+
+
+def pin_layout(on: bool) -> dict[str, Any]:
+    cpus = sorted(os.sched_getaffinity(0))
+    if not on or len(cpus) < 2:
+        return {"pinned": False, "cpus": len(cpus)}
+    LAYOUT["upstream"], LAYOUT["front"] = {cpus[0]}, set(cpus[1:])
+    os.sched_setaffinity(0, LAYOUT["front"])  # the load generator
+    return {"pinned": True, "upstream_cpus": sorted(LAYOUT["upstream"]), "gateway_and_client_cpus": cpus[1:]}
+
+
+def serve(model: str, port: int, log: Path, *extra: str, where: str = "upstream") -> subprocess.Popen:
+    cpus = LAYOUT[where]
+    threads = ["--threads", str(len(cpus))] if cpus else []
     return launch(["serve", model, "--no-auth", "--port", str(port), "--kv-cache-mb", "64", "--log-level", "warning",
-                   *extra], port, log=log)
+                   *threads, *extra], port, log=log, cpus=cpus)
 
 
 async def load(url: str, model: str, concurrency: int, per_client: int, max_tokens: int) -> list[dict[str, Any]]:
@@ -77,7 +98,7 @@ def overhead_run(model: str, tmp: Path, levels: list[int], per_client: int, roun
                                             "models": [name], "local": True, "context": 2048}],
                                "routes": [{"alias": "m", "targets": ["local"]}]}))
     gw = launch(["gateway", "--config", str(cfg), "--port", str(gw_port), "--no-auth", "--log-level", "warning"],
-                gw_port, ready="/health", log=tmp / "gw.log")
+                gw_port, ready="/health", log=tmp / "gw.log", cpus=LAYOUT["front"])
     direct_url, gw_url = f"http://127.0.0.1:{up_port}", f"http://127.0.0.1:{gw_port}"
     res: dict[str, Any] = {}
     try:
@@ -106,7 +127,7 @@ def overhead_run(model: str, tmp: Path, levels: list[int], per_client: int, roun
 def hybrid_run(model: str, tmp: Path, concurrency: int, per_client: int, max_tokens: int) -> dict:
     lp, cp, gp = free_port(), free_port(), free_port()
     local = serve(model, lp, tmp / "local.log", "--max-batch", "4")
-    cloud = serve(model, cp, tmp / "cloud.log", "--max-batch", "64")
+    cloud = serve(model, cp, tmp / "cloud.log", "--max-batch", "64", where="front")
     price = {"input_per_mtok": 0.15, "output_per_mtok": 0.60}
     name = httpx.get(f"http://127.0.0.1:{lp}/v1/models").json()["data"][0]["id"]
     cfg = tmp / "hybrid.yaml"
@@ -119,7 +140,7 @@ def hybrid_run(model: str, tmp: Path, concurrency: int, per_client: int, max_tok
         "routes": [{"alias": "local-only", "targets": ["local"]},
                    {"alias": "hybrid", "targets": ["local", "cloud"], "policy": "local-first"}]}))
     gw = launch(["gateway", "--config", str(cfg), "--port", str(gp), "--no-auth", "--log-level", "warning"],
-                gp, ready="/health", log=tmp / "gw-hybrid.log")
+                gp, ready="/health", log=tmp / "gw-hybrid.log", cpus=LAYOUT["front"])
     url = f"http://127.0.0.1:{gp}"
     out: dict[str, Any] = {"concurrency": concurrency, "requests": concurrency * per_client, "max_tokens": max_tokens,
                            "local_max_batch": 4, "local_max_queue": 2, "cloud_price": price}
@@ -147,13 +168,20 @@ def hybrid_run(model: str, tmp: Path, concurrency: int, per_client: int, max_tok
     return out
 
 
+def layout_line(layout: dict[str, Any]) -> str:
+    if not layout.get("pinned"):
+        return "CPU layout: not pinned; upstream servers, gateway and load generator share every CPU."
+    return (f"CPU layout: upstream server(s) pinned to CPU {layout['upstream_cpus']} with 1 torch thread; gateway, "
+            f"load generator (and the hybrid run's cloud-priced server) on CPUs {layout['gateway_and_client_cpus']}.")
+
+
 def write(result: dict[str, Any], out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "gateway.json").write_text(json.dumps(result, indent=2))
     from llmpress.hardware import machine_summary
 
     lines = ["# Gateway benchmark", "", f"{machine_summary(result['machine'])}; `{result['command']}`; "
-             f"{'quick run' if result['quick'] else 'full run'}.", "",
+             f"{'quick run' if result['quick'] else 'full run'}.", "", layout_line(result.get("layout") or {}), "",
              "## TTFT added by the gateway (streaming, ms)", "",
              "| streams | direct p50 | gateway p50 | added p50 | direct p99 | gateway p99 | added p99 | gateway's own p50 | own p99 |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -203,6 +231,7 @@ def main() -> None:
     ap.add_argument("--model", default="builtin:tiny-llama")
     ap.add_argument("--quick", action="store_true", help="a few requests per level (a smoke run)")
     ap.add_argument("--no-hybrid", action="store_true")
+    ap.add_argument("--no-pin", action="store_true", help="let servers, gateway and client share every CPU")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
     from llmpress.hardware import benchmark_record
@@ -214,7 +243,7 @@ def main() -> None:
         per_client, rounds = (2, 1) if args.quick else (8, 3)
         print("overhead run", flush=True)
         result: dict[str, Any] = {"quick": args.quick, "model": args.model, **benchmark_record(sys.argv),
-                                  "per_client": per_client, "rounds": rounds}
+                                  "per_client": per_client, "rounds": rounds, "layout": pin_layout(not args.no_pin)}
         result["overhead"] = overhead_run(args.model, tmp, [1, 8, 32], per_client, rounds, max_tokens=8)
         if not args.no_hybrid:
             print("hybrid run", flush=True)
