@@ -2,7 +2,7 @@
 DistillationTrainer idea, with the teacher frozen in eval mode under no_grad, optional cached
 teacher logits (compute the teacher once, reuse every epoch), and rich progress.
 
-bf16 autocast is on by default where the CPU has AMX (`hardware.cpu_has_bf16`): the
+bf16 autocast is on by default where the CPU has AMX or AVX512-BF16 (`hardware.cpu_has_bf16`): the
 student's forward/backward and the teacher's forward run their matmuls in bf16, the loss in fp32.
 """
 
@@ -136,7 +136,7 @@ def train(model: Any, dataset: Any, *, task: str, pad_id: int, teacher: Any = No
           on_epoch_end: Callable[[int, Any], None] | None = None, weight_decay: float = 0.0,
           bf16: bool | None = None) -> dict[str, Any]:
     """Train `model` in place on `dataset` (a list of dicts) with the distillation loss; returns stats.
-    `bf16` None means autocast where the CPU has AMX bf16, False / True force it off / on."""
+    `bf16` None means autocast where the CPU has AMX or AVX512-BF16, False / True force it off / on."""
     from llmpress.hardware import cpu_has_bf16, world_size
 
     if task not in TASKS:
