@@ -67,10 +67,12 @@ def test_search_end_to_end(searched, tiny):
         chain = [m.id for m in reg.lineage(c["artifact_id"])]
         assert chain[-1] == tiny.id and len(chain) == c["recipe"].count("+") + 2
     full = [c for c in [data["baseline"], *cands] if c["rung"] == 1]
-    assert 2 <= len(full) <= 1 + -(-len(built) // 2)  # baseline + ceil(built / eta) survivors
+    # the budget outlasts the planned ceil(built / eta) survivors: every candidate past the proxy gate is measured
+    assert len(full) >= 1 + -(-len(built) // 2)
     for c in cands:
         if c["rung"] == 0:
             assert c["reason"].startswith(("halving", "proxy", "budget")), c
+            assert not c["reason"].startswith("halving"), "budget was left, yet a ranked candidate was skipped"
     win = data["winner"]
     assert win is not None and win["status"] == "winner" and win["passes"]
     assert win["b1_tok_s"] == max(c["b1_tok_s"] for c in full if c["passes"])
@@ -93,6 +95,35 @@ def test_search_constraints_reject(searched):
     winner, why = _decide(cands, SearchConfig(task="builtin:pydoc-mc", max_quality_drop=100, max_memory_mb=1.0))
     assert winner is None and "relax" in why[-1]
     assert all("peak RSS" in c.reason for c in cands if c.rung == 1)
+
+
+def test_full_measurements_rank_proxy_inside_the_gate_before_size():
+    """A candidate whose proxy is inside the quality gate is measured before a smaller one that is not."""
+    from llmpress.plan.search import SearchCandidate, SearchConfig, rank_for_full
+
+    cands = [SearchCandidate("int4-g64-gptq", proxy_delta_pct=4.4, mb_on_disk=92.0, proxy_perplexity=27.2),
+             SearchCandidate("int8", proxy_delta_pct=-0.7, mb_on_disk=139.0, proxy_perplexity=25.9),
+             SearchCandidate("int4-g32", proxy_delta_pct=-1.6, mb_on_disk=98.6, proxy_perplexity=25.7),
+             SearchCandidate("prune+int4", proxy_delta_pct=3.2, mb_on_disk=82.0, proxy_perplexity=26.9)]
+    order = [c.recipe for c in rank_for_full(cands, SearchConfig(max_quality_drop=2.0))]
+    assert order == ["int4-g32", "int8", "prune+int4", "int4-g64-gptq"]
+    # judged on a task (points, not % perplexity), size alone orders them
+    order = [c.recipe for c in rank_for_full(cands, SearchConfig(max_quality_drop=2.0, task="builtin:pydoc-mc"))]
+    assert order == ["prune+int4", "int4-g64-gptq", "int4-g32", "int8"]
+
+
+def test_proxy_perplexity_samples_the_whole_stream(tiny):
+    """sample_tokens scores windows spread over the max_tokens stream, not its first tokens."""
+    from llmpress.data import load_corpus
+    from llmpress.evaluate.quality import perplexity
+
+    model, tok = tiny.load_model(), tiny.load_tokenizer()
+    texts = load_corpus("builtin:pydoc").split("eval")
+    full = perplexity(model, tok, texts, 64, 64, 1024)
+    spread = perplexity(model, tok, texts, 64, 64, 1024, sample_tokens=256)
+    head = perplexity(model, tok, texts, 64, 64, 256)
+    assert 250 <= spread["tokens"] <= 320 and spread["tokens"] < full["tokens"]
+    assert spread["perplexity"] != head["perplexity"]  # other windows than the first 256 tokens
 
 
 def test_budget_too_small(tiny):

@@ -18,6 +18,7 @@ def perplexity(
     max_tokens: int | None = None,
     batch_size: int = 4,
     on_progress: Callable[[int, int], None] | None = None,
+    sample_tokens: int | None = None,
 ) -> dict[str, float]:
     """Exact token-weighted NLL over a token stream: every token after the first scored once.
 
@@ -25,11 +26,20 @@ def perplexity(
     summed in float64, so the perplexity is exp(total NLL / scored tokens), not a mean of
     per-window means. Bits per byte divide the same total (in bits) by the UTF-8 bytes of
     the scored text, which makes models with different tokenizers comparable.
+
+    `sample_tokens`: score only about that many tokens, in windows spread evenly over the same
+    `max_tokens` stream (a cheap proxy of the full measurement that sees all of its text, not
+    just its first document).
     """
     import torch
 
     ids = token_stream(texts, tokenizer, max_tokens)
     wins = sliding_windows(ids, window, stride)
+    if sample_tokens is not None and sample_tokens < len(ids) - 1:
+        k = max(1, min(len(wins), math.ceil(sample_tokens / stride)))
+        picks = sorted({round(i * (len(wins) - 1) / max(k - 1, 1)) for i in range(k)})
+        wins = [wins[i] for i in picks]
+        ids = [ids[0]] + [t for w in wins for t in w.ids[w.score_from:]]  # what is scored, for bits per byte
     total_nll = 0.0
     count = 0
     model.eval()
