@@ -122,7 +122,7 @@ def test_proxy_perplexity_samples_the_whole_stream(tiny):
     full = perplexity(model, tok, texts, 64, 64, 1024)
     spread = perplexity(model, tok, texts, 64, 64, 1024, sample_tokens=256)
     head = perplexity(model, tok, texts, 64, 64, 256)
-    assert 250 <= spread["tokens"] <= 320 and spread["tokens"] < full["tokens"]
+    assert 200 <= spread["tokens"] <= 320 and spread["tokens"] < full["tokens"] // 2
     assert spread["perplexity"] != head["perplexity"]  # other windows than the first 256 tokens
 
 

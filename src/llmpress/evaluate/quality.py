@@ -37,7 +37,7 @@ def perplexity(
     wins = sliding_windows(ids, window, stride)
     if sample_tokens is not None and sample_tokens < len(ids) - 1:
         k = max(1, min(len(wins), math.ceil(sample_tokens / stride)))
-        picks = sorted({round(i * (len(wins) - 1) / max(k - 1, 1)) for i in range(k)})
+        picks = sorted({int((i + 0.5) * len(wins) / k) for i in range(k)})  # the middle of k equal parts
         wins = [wins[i] for i in picks]
         ids = [ids[0]] + [t for w in wins for t in w.ids[w.score_from:]]  # what is scored, for bits per byte
     total_nll = 0.0
