@@ -7,8 +7,6 @@ against the source before it is moved into place.
 
 from __future__ import annotations
 
-import importlib
-
 from llmpress.export.base import (
     FORMATS,
     ExportConfig,
@@ -22,14 +20,5 @@ from llmpress.export.base import (
 __all__ = ["FORMATS", "ExportConfig", "ExportError", "ExportFormat", "export", "get_format", "make_config",
            "format_names"]
 
-_MODULES = ("onnx", "gguf", "triton")
-
-
-def _load_all() -> None:
-    for m in _MODULES:
-        importlib.import_module(f"llmpress.export.{m}")
-
-
 def format_names() -> list[str]:
-    _load_all()
-    return list(FORMATS)
+    return FORMATS.names()

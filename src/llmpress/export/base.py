@@ -18,8 +18,10 @@ from typing import Any
 
 from llmpress.artifact import Artifact, Step, create_artifact
 from llmpress.errors import ConfigError, LlmpressError
+from llmpress.methods import MethodTable
 
-FORMATS: dict[str, ExportFormat] = {}
+FORMATS: MethodTable[ExportFormat] = MethodTable(
+    "export format", param="format", modules=[f"llmpress.export.{m}" for m in ("onnx", "gguf", "triton")])
 
 
 @dataclass
@@ -57,17 +59,11 @@ class ExportError(ConfigError):
 
 
 def register_format(fmt: ExportFormat) -> ExportFormat:
-    FORMATS[fmt.name] = fmt
-    return fmt
+    return FORMATS.register(fmt.name, fmt)
 
 
 def get_format(name: str) -> ExportFormat:
-    from llmpress.export import _load_all
-
-    _load_all()
-    if name not in FORMATS:
-        raise ConfigError(f"unknown export format {name!r}", f"use one of: {', '.join(FORMATS)}", param="format")
-    return FORMATS[name]
+    return FORMATS.get_method(name)
 
 
 def make_config(name: str, **overrides: Any) -> ExportConfig:
