@@ -104,7 +104,7 @@ def test_onnx_int4_is_llmpress_int4_g32_in_matmulnbits(tiny, int4_g32, prompts):
     inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
     assert {(a.name, a.i) for n in nbits for a in n.attribute if a.name in ("block_size", "bits")} == \
-        {("block_size", 32), ("bits", 4), ("bits", 8)}  # int8 head, int4 body, blocks of 32
+        {("block_size", 32), ("bits", 4)}  # int4 body in blocks of 32; the int8 head is a float MatMul
     # B and scales are the int4 artifact's stored codes and scales (q, k, v rows fused as the builder fuses them)
     sd = load_file(str(int4_g32.path / "model.safetensors"))
     node = next(n for n in nbits if "layers.1/attn/qkv_proj" in n.name)
@@ -115,14 +115,19 @@ def test_onnx_int4_is_llmpress_int4_g32_in_matmulnbits(tiny, int4_g32, prompts):
         [sd[pre + p + ".scales"] for p in ("q_proj", "k_proj", "v_proj")]).astype(np.float32))
     mins = inits["model.layers.1.attn.qkv_proj.MatMul.weight_min"]
     assert np.array_equal(mins.T, np.concatenate([sd[pre + p + ".mins"] for p in ("q_proj", "k_proj", "v_proj")]))
-    head = next(n for n in nbits if n.name.startswith("/lm_head"))
     codes = sd["lm_head.qweight"] if "lm_head.qweight" in sd else sd["model.embed_tokens.qweight"]
-    assert np.array_equal(inits[head.input[1]].reshape(codes.shape).astype(np.int16) - 128, codes)
-    # the tied embedding gathers the same int8 blocks
+    row_scales = sd["lm_head.scales"] if "lm_head.scales" in sd else sd["model.embed_tokens.scales"]
+    # the tied embedding gathers llmpress's int8 head blocks; the head multiplies by the very same values
     gbq = next(n for n in graph.node if n.op_type == "GatherBlockQuantized")
-    assert list(gbq.input[2:4]) == list(head.input[2:4])
+    data = gbq.input[0]
+    if data not in inits:  # the builder reshapes the head's [V, K/g, g] blocks to [V, K] for the gather
+        data = next(n for n in graph.node if data in n.output).input[0]
+    assert np.array_equal(inits[data].reshape(codes.shape).astype(np.int16) - 128, codes)
+    head = next(n for n in graph.node if n.name == "/llmpress/lm_head/MatMulF32")
+    assert np.array_equal(inits[head.input[1]], (codes.astype(np.float32) * row_scales.astype(np.float32)[:, None]).T)
     facts = art.manifest.extra["export"]
-    assert facts["int4"]["matmulnbits_int4"] == 2 * 5 and facts["int4"]["matmulnbits_int8_head"] == 1
+    assert facts["int4"]["matmulnbits_int4"] == 2 * 5 and facts["int4"]["int8_head"] == 1
+    assert facts["int4"]["head_matmul"] == "float"
     v = facts["verification"]  # vs the float source, and vs llmpress int4 (which it must reproduce)
     assert v["runtime"] == "onnxruntime-genai" and not v["exact"] and v["top1_agreement"] > 0.5
     assert v["llmpress_int4"]["max_abs_logit_diff"] < INT4_ATOL and v["llmpress_int4"]["greedy_identical"] == 2
@@ -132,7 +137,15 @@ def test_onnx_int4_is_llmpress_int4_g32_in_matmulnbits(tiny, int4_g32, prompts):
         with torch.no_grad():
             ref = ref_model(input_ids=torch.tensor([p])).logits[0].float().numpy()
         assert np.abs(rt.logits(p) - ref).max() < INT4_ATOL
-    assert art.bytes_on_disk() < 0.5 * sum(p.stat().st_size for p in tiny.path.glob("*.safetensors"))
+    # --head-matmul int8: the smallest file, the same numbers (8-bit MatMulNBits over the same blocks); the
+    # default float head costs 4 bytes a head weight on top (tiny-llama is mostly its vocabulary)
+    small = export(tiny, make_config("onnx", precision="int4", head_matmul="int8"))
+    assert small.manifest.extra["export"]["int4"]["head_matmul"] == "int8"
+    assert small.bytes_on_disk() < 0.5 * sum(p.stat().st_size for p in tiny.path.glob("*.safetensors"))
+    assert small.bytes_on_disk() < art.bytes_on_disk()
+    rt8 = small.load_model()
+    for p in prompts:
+        assert np.abs(rt8.logits(p) - rt.logits(p)).max() < INT4_ATOL
 
 
 def test_onnx_int4_from_an_int4_artifact_uses_its_stored_blocks(tiny, int4_g32, prompts):

@@ -21,6 +21,9 @@ def export_cmd(
     block_size: int | None = typer.Option(None, "--block-size", help="onnx/triton int4/int8: MatMulNBits block (32)."),
     accuracy_level: int | None = typer.Option(None, "--accuracy-level",
                                               help="onnx/triton int4/int8: MatMulNBits activations, 4 = int8, 1 = fp32."),
+    head_matmul: str | None = typer.Option(None, "--head-matmul",
+                                           help="onnx int4: the int8 head as a float MatMul (float, fast on CPU) "
+                                                "or 8-bit MatMulNBits (int8, smallest)."),
     max_batch_size: int | None = typer.Option(None, "--max-batch-size", help="triton: max_batch_size."),
     model_name: str | None = typer.Option(None, "--model-name", help="triton: model name in the repository."),
     no_eval: bool = typer.Option(False, "--no-eval", help="Only export and verify; skip the evaluation."),
@@ -46,14 +49,14 @@ def export_cmd(
             return
         if model is None or fmt is None:
             raise ConfigError("export needs a MODEL and --format", "e.g. llmpress export builtin:tiny-llama --format gguf")
-        _export(model, fmt, precision, out_dir, name, block_size, accuracy_level, max_batch_size, model_name,
-                no_eval, data, max_tokens, batch_sizes, as_json)
+        _export(model, fmt, precision, out_dir, name, block_size, accuracy_level, head_matmul, max_batch_size,
+                model_name, no_eval, data, max_tokens, batch_sizes, as_json)
 
     run_guarded(body)
 
 
 def _export(model: str, fmt: str, precision: str | None, out_dir: Path | None, name: str | None,
-            block_size: int | None, accuracy_level: int | None, max_batch_size: int | None,
+            block_size: int | None, accuracy_level: int | None, head_matmul: str | None, max_batch_size: int | None,
             model_name: str | None, no_eval: bool, data: str, max_tokens: int | None, batch_sizes: str,
             as_json: bool) -> None:
     from llmpress.cli.quantize import _batch_sizes
@@ -64,7 +67,7 @@ def _export(model: str, fmt: str, precision: str | None, out_dir: Path | None, n
 
     f = get_format(fmt)
     opts = {"precision": precision, "block_size": block_size, "accuracy_level": accuracy_level,
-            "max_batch_size": max_batch_size, "model_name": model_name}
+            "head_matmul": head_matmul, "max_batch_size": max_batch_size, "model_name": model_name}
     cfg = make_config(fmt, **opts)
     check_runtime(f)
     sizes = _batch_sizes(batch_sizes)

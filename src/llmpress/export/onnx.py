@@ -45,6 +45,10 @@ class OnnxConfig(ExportConfig):
     accuracy_level: int = 1
     # int8 only: the builder's weight quantizer, k_quant (searches scales) or rtn
     algo: str = "k_quant"
+    # int4: how the int8 head is computed. "float": a float MatMul over its int8 values (fast on CPU, +4 bytes
+    # a head weight on disk); "int8": 8-bit MatMulNBits (smallest; ONNX Runtime's CPU kernel dequantizes the
+    # whole head on every token at accuracy level 1). The tied embedding gathers the int8 blocks either way.
+    head_matmul: str = "float"
 
     def validate(self) -> None:
         if self.block_size not in BLOCK_SIZES:
@@ -52,6 +56,8 @@ class OnnxConfig(ExportConfig):
                               f"use one of {', '.join(map(str, BLOCK_SIZES))}", param="block_size")
         if self.algo not in ("k_quant", "rtn"):
             raise ConfigError(f"unknown MatMulNBits quantizer {self.algo!r}", "use k_quant or rtn", param="algo")
+        if self.head_matmul not in ("float", "int8"):
+            raise ConfigError(f"unknown head_matmul {self.head_matmul!r}", "use float or int8", param="head_matmul")
         if self.accuracy_level not in (0, 1, 2, 3, 4):
             raise ConfigError(f"accuracy_level {self.accuracy_level} is not 0..4", "use 1 (fp32) or 4 (int8)")
         if self.precision == "int4":
@@ -108,7 +114,8 @@ def build_onnx(src: Artifact, config: OnnxConfig, dest: Path, progress: Any = No
     if weights is not None:
         from llmpress.export.onnx_int4 import rewrite_matmulnbits
 
-        facts["int4"] = rewrite_matmulnbits(dest / "model.onnx", weights, progress)
+        facts["int4"] = rewrite_matmulnbits(dest / "model.onnx", weights, progress,
+                                            head_float=config.head_matmul == "float")
         _REFERENCE.clear()  # at most one (the latest) kept: a Triton build never verifies through it
         _REFERENCE[str(dest)] = weights.model
     facts["files"] = sorted(p.name for p in dest.iterdir())

@@ -11,9 +11,10 @@ scales and zero point 0, plus the min term as a small float product,
 where E [K, K/g] sums each block of x and M [N, K/g] holds the mins (fp16, as stored, cast to
 fp32 once at load). That adds one K/g-wide product per layer (1/g of the weight's work) and
 0.5 bit a weight on disk. B is our nibbles unchanged ([N][K/g][g/2], low nibble first, the same
-order llmpress packs). The LM head is llmpress's int8 per-row head as 8-bit MatMulNBits
-(code + 128, zero point 128, the row scale in each block), and the tied embedding's
-GatherBlockQuantized reads those very blocks, as llmpress's tied int8 embedding does.
+order llmpress packs). The LM head is llmpress's int8 per-row head: stored as 8-bit blocks (code + 128,
+zero point 128, the row scale in each block) that the tied embedding's GatherBlockQuantized reads, as
+llmpress's tied int8 embedding does, and computed by a float MatMul over the same values (ONNX Runtime's
+CPU MatMulNBits has no packed 8-bit kernel at accuracy level 1 and dequantized the whole head per token).
 
 The graph layout (GroupQueryAttention, the fused qkv projection, KV cache, `genai_config.json`)
 still comes from ONNX Runtime GenAI's model builder run at int4; only its MatMulNBits weights are
@@ -149,8 +150,10 @@ def _pack_int4(codes: np.ndarray, block: int) -> np.ndarray:
     return (c[:, 0::2] | (c[:, 1::2] << 4)).reshape(n, k // block, block // 2)
 
 
-def rewrite_matmulnbits(model_file: Path, weights: Int4Weights, progress: Any = None) -> dict[str, Any]:
-    """Replace every MatMulNBits weight of the builder's int4 graph with llmpress's blocks (see module doc)."""
+def rewrite_matmulnbits(model_file: Path, weights: Int4Weights, progress: Any = None,
+                        head_float: bool = True) -> dict[str, Any]:
+    """Replace every MatMulNBits weight of the builder's int4 graph with llmpress's blocks (see module doc);
+    `head_float`: compute the int8 head as a float MatMul over its values instead of 8-bit MatMulNBits."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -200,7 +203,17 @@ def rewrite_matmulnbits(model_file: Path, weights: Int4Weights, progress: Any = 
             put(node.input[3], np.full((n, k // g), 128, np.uint8))
             used.add("lm_head")
             n8 += 1
-            out_nodes.append(node)
+            # The blocks above stay for the tied embedding's GatherBlockQuantized. The head itself runs as a
+            # float MatMul over the same values: ONNX Runtime's CPU MatMulNBits has no packed kernel for 8-bit
+            # weights at accuracy level 1 and dequantized the whole 49152x576 head on every token (SmolLM2 int4
+            # decoded at 10 tok/s, fp32 ONNX at 56). Same numbers, +4 bytes a head weight on disk.
+            if not head_float:
+                out_nodes.append(node)
+            else:
+                head_w = f"{m['module']}.MatMul.weight_f32"
+                put(head_w, np.ascontiguousarray((q.astype(np.float32) * s.astype(np.float32)[:, None]).T))
+                out_nodes.append(helper.make_node("MatMul", [node.input[0], head_w], [node.output[0]],
+                                                  name=f"/llmpress/{m['module']}/MatMulF32"))
         else:
             missing = [x for x in mods if x not in weights.linears]
             if missing:
@@ -250,5 +263,6 @@ def rewrite_matmulnbits(model_file: Path, weights: Int4Weights, progress: Any = 
     data.unlink(missing_ok=True)
     onnx.save_model(model, str(model_file), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=data.name, size_threshold=1024)
-    return {"matmulnbits_int4": n4, "matmulnbits_int8_head": n8, "block_size": g,
+    return {"matmulnbits_int4": n4, "int8_head": n8, "head_matmul": "float" if head_float else "int8",
+            "block_size": g,
             "zero_point": "0, with the float block minimums as (x @ E) @ M^T", **weights.facts}
