@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -424,7 +425,8 @@ def main() -> None:
               "--tokenizer-dir", str(src.path), "--gptq-samples", str(args.gptq_samples)]
     have_peers = peers_python().exists()
     rows: list[dict[str, Any]] = []
-    for eng in args.engines.split(","):
+    # engines are comma-separated, and a spec may hold commas itself ("llmpress=int4-weight-only:g64,gptq")
+    for eng in re.split(r",(?=hf\b|ct2\b|llmpress=|llamacpp=)", args.engines):
         kind, _, spec = eng.partition("=")
         label, python, worker = eng, Path(sys.executable), eng
         if kind in ("llamacpp", "ct2"):
