@@ -348,10 +348,10 @@ def quantized(src: Any, spec: str, gptq_samples: int) -> Any:
     name, _, opt = spec.partition(":")
     kw: dict[str, Any] = {}
     for o in filter(None, opt.split(",")):
-        if o.startswith("g"):
-            kw["group_size"] = int(o[1:])
-        elif o == "gptq":
+        if o == "gptq":
             kw.update(method="gptq", calibration="builtin:pydoc", samples=gptq_samples)
+        elif o.startswith("g"):
+            kw["group_size"] = int(o[1:])
     return quantize(src, make_config(name, **kw), name=f"peers-{spec.replace(':', '-').replace(',', '-')}")
 
 
