@@ -47,6 +47,9 @@ def test_optimize_cli_writes_report_and_chooses(optimized):
     assert chosen["b1_tok_s"] == max(c["b1_tok_s"] for c in ok)
     md = (out / "report.md").read_text()
     assert "Chosen" in md and chosen["artifact_id"] in md and "| recipe |" in md
+    # its speeds belong to a CPU: the report names it (model, flags, threads, torch, commit)
+    machine = json.loads((out / "optimize.json").read_text())["machine"]
+    assert machine["cpu_model"] and "Machine: " in md
 
 
 def test_gate_on_measured_candidates(optimized):

@@ -82,6 +82,7 @@ def test_search_end_to_end(searched, tiny):
     assert "task points" in data["why"][0]
     md = (out / "report.md").read_text()
     assert "## Explored space" in md and "## Why the winner won" in md and win["recipe"] in md
+    assert json.loads((out / "search.json").read_text())["machine"]["cpu_model"] and "Machine: " in md
     assert data["why"][1].startswith(f"`{win['recipe']}` wins")
 
 

@@ -84,7 +84,10 @@ def write_report(result: Any, out_dir: Path) -> dict[str, Path]:
     if plot:
         files["plot"] = plot
     rows = _rows(result)
-    md = ["# llmpress optimize", "", *[line + "\n" for line in _summary(result)], "",
+    from llmpress.hardware import machine_info, machine_summary
+
+    machine = machine_info()  # its speeds belong to this CPU: the report says which
+    md = ["# llmpress optimize", "", machine_summary(machine) + "\n", *[line + "\n" for line in _summary(result)], "",
           markdown_table(HEADERS, rows), ""]
     if plot:
         md.append("![quality vs speed](pareto.png)\n")
@@ -93,7 +96,8 @@ def write_report(result: Any, out_dir: Path) -> dict[str, Path]:
     files["html"] = out_dir / "report.html"
     files["html"].write_text(_html(result, rows, plot is not None))
     files["json"] = out_dir / "optimize.json"
-    files["json"].write_text(json.dumps(result.to_dict() | {"files": {k: str(v) for k, v in files.items()}},
+    files["json"].write_text(json.dumps(result.to_dict() | {"machine": machine,
+                                                            "files": {k: str(v) for k, v in files.items()}},
                                         indent=2, default=str))
     return files
 

@@ -66,7 +66,10 @@ def write_report(result: Any, out_dir: Path) -> dict[str, Path]:
             f"Baseline: perplexity {fmt(b.perplexity)}, b1 {fmt(b.b1_tok_s)} tok/s, peak RSS {fmt(b.peak_rss_mb)} MB"
             + (f", task score {fmt(b.task_score)}" if b.task_score is not None else "") + "."]
     front = [c.recipe for c in [b, *result.candidates] if c.on_front]
-    md = ["# llmpress optimize --search", "", *[line + "\n" for line in head],
+    from llmpress.hardware import machine_info, machine_summary
+
+    machine = machine_info()  # its speeds belong to this CPU: the report says which
+    md = ["# llmpress optimize --search", "", machine_summary(machine) + "\n", *[line + "\n" for line in head],
           "## Explored space", "", *_space_lines(result), "",
           "## Why the winner won", "", *[f"- {w}" for w in result.why], "",
           "## Pareto front (quality, speed, memory)", "", ", ".join(f"`{r}`" for r in front) or "—", "",
@@ -80,7 +83,8 @@ def write_report(result: Any, out_dir: Path) -> dict[str, Path]:
     files["html"] = out_dir / "report.html"
     files["html"].write_text(_html(result, plot is not None))
     files["json"] = out_dir / "search.json"
-    files["json"].write_text(json.dumps(result.to_dict() | {"files": {k: str(v) for k, v in files.items()}},
+    files["json"].write_text(json.dumps(result.to_dict() | {"machine": machine,
+                                                            "files": {k: str(v) for k, v in files.items()}},
                                         indent=2, default=str))
     return files
 
