@@ -78,15 +78,17 @@ def _summary(result: Any) -> list[str]:
 
 
 def write_report(result: Any, out_dir: Path) -> dict[str, Path]:
+    from llmpress.hardware import machine_info, machine_summary
+
+    # its speeds belong to this CPU: the report says which (read before any file here is written, so a
+    # report inside a git checkout is not marked +dirty by its own files)
+    machine = machine_info()
     out_dir.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
     plot = _plot(result, out_dir / "pareto.png")
     if plot:
         files["plot"] = plot
     rows = _rows(result)
-    from llmpress.hardware import machine_info, machine_summary
-
-    machine = machine_info()  # its speeds belong to this CPU: the report says which
     md = ["# llmpress optimize", "", machine_summary(machine) + "\n", *[line + "\n" for line in _summary(result)], "",
           markdown_table(HEADERS, rows), ""]
     if plot:

@@ -53,6 +53,11 @@ def _space_lines(result: Any) -> list[str]:
 
 
 def write_report(result: Any, out_dir: Path) -> dict[str, Path]:
+    from llmpress.hardware import machine_info, machine_summary
+
+    # its speeds belong to this CPU: the report says which (read before any file here is written, so a
+    # report inside a git checkout is not marked +dirty by its own files)
+    machine = machine_info()
     out_dir.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
     plot = _plot(result, out_dir / "pareto.png")
@@ -66,9 +71,6 @@ def write_report(result: Any, out_dir: Path) -> dict[str, Path]:
             f"Baseline: perplexity {fmt(b.perplexity)}, b1 {fmt(b.b1_tok_s)} tok/s, peak RSS {fmt(b.peak_rss_mb)} MB"
             + (f", task score {fmt(b.task_score)}" if b.task_score is not None else "") + "."]
     front = [c.recipe for c in [b, *result.candidates] if c.on_front]
-    from llmpress.hardware import machine_info, machine_summary
-
-    machine = machine_info()  # its speeds belong to this CPU: the report says which
     md = ["# llmpress optimize --search", "", machine_summary(machine) + "\n", *[line + "\n" for line in head],
           "## Explored space", "", *_space_lines(result), "",
           "## Why the winner won", "", *[f"- {w}" for w in result.why], "",
