@@ -74,14 +74,17 @@ def cpu_has_avx512() -> bool:
 
 
 def git_commit(path: str | Path | None = None) -> str | None:
-    """The checkout's HEAD commit (with `+dirty` when tracked files changed), or None outside git."""
+    """The checkout's HEAD commit (with `+dirty` when tracked files changed), or None outside git.
+
+    Other runs' results (`benchmarks/results/`) do not make it dirty: they are not the code being measured."""
     cwd = str(path or Path(__file__).resolve().parent)
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
                              timeout=10).stdout.strip()
         if not sha:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+                                ":(top,exclude)benchmarks/results"], cwd=cwd,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
