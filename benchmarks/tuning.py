@@ -126,8 +126,9 @@ def main() -> None:
                        + (["--max-eval", str(args.max_eval)] if args.max_eval else [])
                        + (["--gradient-checkpointing"] if args.gradient_checkpointing else []),
                        check=True)
-        rows[key] = json.loads(part.read_text())
-        r = rows[key]
+        rows[key] = r = json.loads(part.read_text())
+        # each method's file is a result on its own too: it records the machine, as results.json does
+        part.write_text(json.dumps({**record, **r}, indent=2, default=str))
         print(f"[tuning] {key}: {r['trainable_pct']:.3f}% trainable, peak {r['process_max_rss_mb']:.0f} MB, "
               f"{r['steps_per_s']:.3f} steps/s, eval loss {r['eval_loss_before']:.3f} -> {r['eval_loss_after']:.3f}",
               file=sys.stderr, flush=True)
