@@ -12,7 +12,7 @@ __all__ = ["GatewayConfig", "load_config", "create_gateway_app"]
 
 
 def create_gateway_app(config: GatewayConfig, auth: bool = True):  # type: ignore[no-untyped-def]
-    """Build the gateway FastAPI app (imports FastAPI and httpx only when called)."""
+    """Build the gateway FastAPI app (imports FastAPI and aiohttp only when called)."""
     from llmpress.gateway.app import create_gateway_app as _create
 
     return _create(config, auth)

@@ -21,7 +21,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import (
@@ -209,17 +209,22 @@ class Gateway:
         self.limiter = RateLimiter()
         self.reservations = Reservations()
         self.metrics = GatewayMetrics(self.states)
-        self.clients: dict[str, httpx.AsyncClient] = {}
+        self.clients: dict[str, aiohttp.ClientSession] = {}
         self._poller: asyncio.Task[None] | None = None
         self.created = int(time.time())
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
-        limits = httpx.Limits(max_connections=512, max_keepalive_connections=128)
+        # aiohttp, not httpx, upstream: at 32 relayed streams httpx's per-chunk path (httpcore + anyio) was
+        # most of the gateway's CPU, and on a shared core that CPU is the TTFT a client sees added.
         for t in self.config.targets:
-            timeout = httpx.Timeout(t.timeout_s, connect=min(5.0, t.timeout_s))
-            self.clients[t.name] = httpx.AsyncClient(timeout=timeout, limits=limits)
-        self._metrics_client = httpx.AsyncClient(timeout=httpx.Timeout(2.0))
+            # like httpx.Timeout(t, connect=5): `timeout_s` bounds the connect, the wait for the response
+            # head and every wait for the next chunk, not the whole (possibly long) stream
+            timeout = aiohttp.ClientTimeout(total=None, connect=min(5.0, t.timeout_s), sock_read=t.timeout_s)
+            conn = aiohttp.TCPConnector(limit=512, keepalive_timeout=30)
+            self.clients[t.name] = aiohttp.ClientSession(timeout=timeout, connector=conn, auto_decompress=False,
+                                                         skip_auto_headers=("User-Agent",))
+        self._metrics_client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0))
         if any(t.watches_capacity for t in self.config.targets):
             self._poller = asyncio.create_task(self._poll_capacity())
 
@@ -231,8 +236,8 @@ class Gateway:
             except (asyncio.CancelledError, Exception):  # noqa: BLE001
                 pass
         for c in self.clients.values():
-            await c.aclose()
-        await self._metrics_client.aclose()
+            await c.close()
+        await self._metrics_client.close()
 
     async def _poll_capacity(self) -> None:
         """Read each capacity-watched target's /metrics every `metrics_interval_s`."""
@@ -240,10 +245,10 @@ class Gateway:
         while True:
             for st in watched:
                 try:
-                    r = await self._metrics_client.get(st.config.metrics_endpoint)
-                    r.raise_for_status()
-                    st.update_from_metrics(r.text)
-                except (httpx.HTTPError, ValueError) as e:
+                    async with self._metrics_client.get(st.config.metrics_endpoint) as r:
+                        r.raise_for_status()
+                        st.update_from_metrics(await r.text())
+                except (aiohttp.ClientError, TimeoutError, ValueError) as e:
                     st.poll_error = f"{type(e).__name__}"
             await asyncio.sleep(self.config.metrics_interval_s)
 
@@ -379,25 +384,28 @@ class Gateway:
         st.queue += 1  # until the next /metrics poll says otherwise (a burst would otherwise all land here)
         t_send = time.perf_counter()
         try:
-            req = client.build_request("POST", url, content=json.dumps(up).encode(), headers=self._headers(secret, call))
-            resp = await client.send(req, stream=True)
-        except httpx.TimeoutException as e:
+            # returns once the response head is in; the body is read (or relayed) below
+            resp = await client.post(url, data=json.dumps(up).encode(), headers=self._headers(secret, call))
+        except TimeoutError as e:  # aiohttp's connect / read timeouts are TimeoutErrors
             st.inflight -= 1
             st.breaker.failure()
             raise _Failure(cfg.name, "timeout", f"{cfg.name}: timed out ({type(e).__name__})") from None
-        except httpx.HTTPError as e:
+        except aiohttp.ClientError as e:
             st.inflight -= 1
             st.breaker.failure()
             raise _Failure(cfg.name, "connect", f"{cfg.name}: {type(e).__name__}: {e}") from None
-        if resp.status_code != 200:
+        except BaseException:  # cancelled (the client went away) while waiting for the head
+            st.inflight -= 1
+            raise
+        if resp.status != 200:
             try:
-                raw = await resp.aread()
-            except httpx.HTTPError:
+                raw = await resp.read()
+            except (aiohttp.ClientError, TimeoutError):
                 raw = b""
             finally:
-                await resp.aclose()
+                resp.release()
                 st.inflight -= 1
-            status = resp.status_code
+            status = resp.status
             if status in _BUSY:
                 st.saturated_until = time.monotonic() + 1.0
                 kind = "busy"
@@ -405,7 +413,7 @@ class Gateway:
                 kind = "http"
                 if status >= 500:
                     st.breaker.failure()  # a 401 is a key problem, not the target's health
-            msg = _upstream_message(raw) or resp.reason_phrase
+            msg = _upstream_message(raw) or str(resp.reason or "")
             raise _Failure(cfg.name, kind, f"{cfg.name}: HTTP {status}: {msg}", status, raw)
         call.target, call.model = cfg.name, model
         headers = {"x-llmpress-target": cfg.name, "x-llmpress-route": call.route, "x-request-id": call.request_id,
@@ -415,13 +423,13 @@ class Gateway:
             return StreamingResponse(self._relay(call, st, resp, t_send, body), media_type="text/event-stream",
                                      headers=headers)
         try:
-            raw = await resp.aread()
+            raw = await resp.read()
             data = json.loads(raw)
-        except (httpx.HTTPError, ValueError) as e:
+        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
             st.breaker.failure()
             raise _Failure(cfg.name, "read", f"{cfg.name}: broken response ({type(e).__name__})") from None
         finally:
-            await resp.aclose()
+            resp.release()
             st.inflight -= 1
         st.breaker.success()
         st.served += 1
@@ -441,7 +449,7 @@ class Gateway:
         return Response(raw, media_type="application/json", headers=headers,
                         background=BackgroundTask(self.settle, call))
 
-    async def _relay(self, call: Call, st: TargetState, resp: httpx.Response, t_send: float,
+    async def _relay(self, call: Call, st: TargetState, resp: aiohttp.ClientResponse, t_send: float,
                      body: dict[str, Any]) -> AsyncIterator[bytes]:
         """Pass SSE events through; read usage from the final usage chunk (or count the text); a break
         mid-stream becomes one SSE error event. Always settles, also when the client goes away."""
@@ -450,10 +458,11 @@ class Gateway:
         pieces: list[bytes] = []
         buf = b""
         first = True
+        done = False
         usage: dict[str, Any] | None = None
         call.status = 200
         try:
-            async for chunk in resp.aiter_raw():
+            async for chunk in resp.content.iter_any():
                 if first:
                     call.ttft_s = time.perf_counter() - t_send
                     st.observe_ttft(call.ttft_s)
@@ -483,11 +492,12 @@ class Gateway:
                         out += event + b"\n\n"
                 if out:
                     yield out
+            done = True
             if buf.strip():
                 yield buf
             st.breaker.success()
             st.served += 1
-        except httpx.HTTPError as e:
+        except (aiohttp.ClientError, TimeoutError) as e:
             # Mid-stream failure: the client has part of an answer, so no silent retry elsewhere.
             st.breaker.failure()
             call.status = 502
@@ -501,7 +511,12 @@ class Gateway:
             raise
         finally:
             st.inflight -= 1
-            await resp.aclose()
+            # a finished stream returns its connection to the pool; one cut short (the client went away, the
+            # upstream broke) drops it, so the upstream sees the close and aborts generation
+            if done:
+                resp.release()
+            else:
+                resp.close()
             events: list[bytes] | None = pieces
             if usage is not None and isinstance(usage.get("prompt_tokens"), int):
                 call.tokens_in, call.tokens_out = usage["prompt_tokens"], int(usage.get("completion_tokens") or 0)
