@@ -58,7 +58,7 @@ from llmpress.gateway.vault import REDACT, KeyResolver, Secret
 from llmpress.registry.cost import CostLedger, RequestCostRow, cost_nusd
 from llmpress.registry.keys import KeyInfo, KeyStore
 from llmpress.server.limits import RateLimiter
-from llmpress.server.observe import Observe
+from llmpress.server.observe import Observe, freeze_startup_heap
 from llmpress.server.schemas import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 
 log = logging.getLogger("llmpress.gateway")
@@ -638,7 +638,9 @@ def create_gateway_app(config: GatewayConfig, auth: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await gw.start()
-        log.info("gateway started", extra={"model": ",".join(sorted(gw.routes))})
+        frozen = freeze_startup_heap()
+        log.info("gateway started; %d start-up objects frozen out of GC scans", frozen,
+                 extra={"model": ",".join(sorted(gw.routes))})
         try:
             yield
         finally:

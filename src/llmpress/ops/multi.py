@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmpress.errors import ConfigError
+from llmpress.server.observe import freeze_startup_heap
 
 log = logging.getLogger("llmpress.server")
 
@@ -206,11 +207,16 @@ class MultiModelApp:
 
     async def _reap(self) -> None:
         """Shut down retired models whose last response has been sent."""
+        reaped = 0
         for s in self.slots:
             for old in list(s.retired):
                 if old.active == 0 and not old.app.state.engine.has_work():
                     s.retired.remove(old)
                     await old.stack.aclose()
+                    reaped += 1
+        if reaped:
+            old = None  # noqa: F841 - the loop variable still held the last retired model
+            freeze_startup_heap()  # its objects were frozen at its start: collect its cycles, refreeze the rest
 
     # -- merged endpoints -----------------------------------------------------------------------
     async def _models(self, scope: dict[str, Any], receive: Any, send: Any) -> None:

@@ -23,7 +23,7 @@ from llmpress.server.context import ServerConfig, ServerContext
 from llmpress.server.driver import EngineDriver
 from llmpress.server.errors import install_error_handlers
 from llmpress.server.metrics import Metrics
-from llmpress.server.observe import Observe
+from llmpress.server.observe import Observe, freeze_startup_heap
 from llmpress.server.routers import openai, system
 
 log = logging.getLogger("llmpress.server")
@@ -49,7 +49,9 @@ def create_app(engine: LLMEngine, config: ServerConfig,
             if reclaimed:
                 log.info("released %d expired budget reservations", reclaimed)
         driver.start()
-        log.info("engine started", extra={"model": config.model_name})
+        frozen = freeze_startup_heap()
+        log.info("engine started; %d start-up objects frozen out of GC scans", frozen,
+                 extra={"model": config.model_name})
         try:
             yield
         finally:

@@ -8,6 +8,7 @@ response through a memory stream and an extra task, a cost the gateway would pay
 
 from __future__ import annotations
 
+import gc
 import logging
 import re
 import time
@@ -19,6 +20,21 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmpress.server.errors import error_json
+
+
+def freeze_startup_heap() -> int:
+    """Take every object alive once a server has started (modules, model, app) out of the collector's scans.
+
+    torch + transformers + FastAPI leave ~470k tracked objects; a full collection walked them all with every
+    thread stopped, ~240 ms on this project's 2-core machine, and the gateway benchmark showed it as a ~300 ms
+    TTFT tail at 32 streams. Objects that requests allocate later are still collected as before. Returns the
+    number of objects frozen. Called again (a hot swap retired a model), it first unfreezes, so what is garbage
+    by then, the retired model's reference cycles included, is collected before the rest is frozen again."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
+
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
 QUIET_PATHS = frozenset({"/metrics", "/health", "/ready"})
