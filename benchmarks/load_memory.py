@@ -1,15 +1,15 @@
-"""Where the engine's RSS after load goes, per precision: Python + torch, the transformers stack,
-the tokenizer, the weights, the engine (KV cache, fused layouts), and the KV pages actually resident.
+"""Where the engine's RSS after load goes, per precision: Python + torch, llmpress's imports, the tokenizer,
+the weights, the engine (KV cache, fused layouts), and the KV pages actually resident.
 
 Each variant loads in its own fresh process exactly as `llmpress serve` does (artifact.load_tokenizer,
-artifact.load_model, the engine with its default 256 MiB KV cache), and RSS is read after every stage;
+engine/lite.py's model, the engine with its default 256 MiB KV cache), and RSS is read after every stage;
 the stage rows are increments, so they add up to the total. The KV cache is mapped lazily (pages become
 resident as requests write them), so "RSS - KV" subtracts the KV bytes the kernel reports resident
 (mincore), not the budget. Also: the peak RSS during load (VmHWM), the bytes of the model's own tensors,
 the float32 bytes among the weights of quantized layers (0 when nothing was materialised in float),
 and RSS after one short generate (everything the first requests fault in). The floor row loads only
 torch, the Rust tokenizer, the stored weights and our kernels in another fresh process: the least a torch
-process serving the artifact holds, without the transformers stack.
+process serving the artifact holds (no transformers at all, no engine).
 
     .venv/bin/python benchmarks/load_memory.py [--model builtin:smollm2-135m]
         [--variants fp32,int8-weight-only,int4-weight-only:g32] [--threads 2]
@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-STAGES = ("python", "torch", "transformers + llmpress imports", "tokenizer", "weights", "engine")
+STAGES = ("python", "torch", "llmpress imports", "tokenizer", "weights", "engine")
 
 
 def _status(field: str) -> float:
@@ -50,20 +50,16 @@ def worker(path: str, threads: int) -> dict[str, Any]:
 
     torch.set_num_threads(threads)
     rss["torch"] = _status("VmRSS")
-    from transformers import AutoConfig, AutoTokenizer  # noqa: F401 - the import is what is measured
-
     from llmpress.artifact import Artifact
     from llmpress.engine import LLM, SamplingParams
-    from llmpress.sources.hf import auto_class, read_config
+    from llmpress.engine.lite import load_for_engine
 
     art = Artifact.open(Path(path))
-    cls = auto_class(read_config(art.path))
-    cls._model_mapping[type(AutoConfig.from_pretrained(art.path))]  # imports the architecture's modeling module
-    rss["transformers + llmpress imports"] = _status("VmRSS")
+    rss["llmpress imports"] = _status("VmRSS")
     tok = art.load_tokenizer()
     rss["tokenizer"] = _status("VmRSS")
     t = time.perf_counter()
-    model = art.load_model()
+    model = load_for_engine(art)  # what `llmpress serve` runs: engine/lite.py, or transformers when it cannot
     rss["weights"] = _status("VmRSS")
     llm = LLM.from_model(model, tok)
     load_s = time.perf_counter() - t
@@ -92,7 +88,7 @@ def worker(path: str, threads: int) -> dict[str, Any]:
             "model_tensors_mb": sum(storages.values()) / 2**20, "quantized_layers": len(quant_mods),
             "float32_in_quantized_layers_mb": f32_quant / 2**20, "load_s": load_s,
             "rss_after_generate_mb": _status("VmRSS"), "kv_resident_after_generate_mb": kv_gen,
-            "fast_path": runner.fast_path is not None}
+            "fast_path": runner.fast_path is not None, "model_class": type(model).__name__}
 
 
 def floor_worker(path: str) -> float:
@@ -175,6 +171,7 @@ def main() -> None:
                        ("float32_in_quantized_layers_mb", "float32 weights in quantized layers"),
                        ("rss_after_generate_mb", "RSS after a 32+16-token generate"),
                        ("kv_resident_after_generate_mb", "KV resident after it"),
+                       ("model_class", "model class served"),
                        ("floor_no_transformers_mb", "floor: torch + Rust tokenizer + weights + kernels")):
         table.append([label, *[r.get(key) for r in ok]])
     md = [f"# RSS after load: {args.model}", "", machine_summary(result["machine"]) + f" `{result['command']}`", "",

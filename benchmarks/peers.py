@@ -134,11 +134,11 @@ def w_llmpress(path: str, d: dict[str, Any], a: argparse.Namespace) -> dict[str,
     torch.set_num_threads(a.threads)
     art = Artifact.open(Path(path))
     t = time.perf_counter()
-    model, tok = art.load_model(), art.load_tokenizer()
-    llm = LLM.from_model(model, tok, enable_prefix_caching=False)
+    llm = LLM(art, enable_prefix_caching=False)  # as `llmpress serve` builds its engine (engine/lite.py)
     rss, peak = rss_mb(), rss_mb("VmHWM")
     load_s = time.perf_counter() - t
     runner = llm.engine.runner
+    model = runner.model
     kv = runner.kv_resident_mb()  # the KV budget is mapped, not written: only what is resident counts
     params = {n: SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True) for n in (1, 2, NEW_TOKENS)}
 
@@ -157,9 +157,10 @@ def w_llmpress(path: str, d: dict[str, Any], a: argparse.Namespace) -> dict[str,
             nll += float(torch.nn.functional.cross_entropy(logits, w[1:], reduction="sum"))
             n += len(w) - 1
     fast = llm.engine.runner.fast_path
+    note = f"fast path {'on' if fast is not None else 'off'}, {type(model).__name__}"
     return {**res, "rss_after_load_mb": rss, "peak_load_mb": peak, "kv_budget_mb": runner.kv_cache_mb,
             "kv_resident_mb": kv, "rss_minus_kv_mb": None if kv is None else rss - kv, "load_s": load_s,
-            "ppl": ppl_from_nll(nll, n), "note": f"fast path {'on' if fast is not None else 'off'}"}
+            "ppl": ppl_from_nll(nll, n), "note": note}
 
 
 def w_hf(d: dict[str, Any], a: argparse.Namespace) -> dict[str, Any]:

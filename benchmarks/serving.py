@@ -147,12 +147,12 @@ def engine_batch1(engine: Any, prompt: list[int], out_len: int, reps: int = 2) -
 def bench_model(label: str, art: Any, args: argparse.Namespace, bw: float, hf_ref: dict[str, Any]) -> dict[str, Any]:
     """The engine in this process at batch 1 (its own TTFT and decode), then the same artifact
     behind `llmpress serve` with 1 / 8 / 32 concurrent streaming HTTP clients."""
-    from llmpress.engine import EngineConfig, LLMEngine
+    from llmpress.engine import LLMEngine
     from llmpress.evaluate.machine import weight_bytes
 
-    model, tok = art.load_model(), art.load_tokenizer()
-    engine = LLMEngine(model, tok, EngineConfig(max_batch=32, max_tokens_per_step=args.step_tokens,
-                                                kv_cache_mb=args.kv_cache_mb, enable_prefix_caching=False))
+    engine = LLMEngine.from_artifact(art, max_batch=32, max_tokens_per_step=args.step_tokens,
+                                     kv_cache_mb=args.kv_cache_mb, enable_prefix_caching=False)
+    model, tok = engine.runner.model, engine.tokenizer
     p = prompts_for(tok, 64, args.prompt_len)
     res: dict[str, Any] = {"label": label, "artifact": art.id, "weight_bytes": weight_bytes(model)}
     engine_batch1(engine, p[0], 4, reps=1)  # warm-up

@@ -16,7 +16,7 @@ PROMPTS = ["The capital of France is", "def fibonacci(n):\n    ", "Once upon a t
 def test_smollm2_greedy_equals_hf(smollm2):
     llm = LLM(smollm2, kv_cache_mb=64, max_tokens_per_step=16)  # chunked prefill on the longer prompts
     tok = llm.tokenizer
-    model = llm.engine.runner.model
+    model = smollm2.load_model()  # transformers' model and generate: the engine serves engine/lite.py's
     prompts = [tok.encode(p) for p in PROMPTS]
     outs = llm.generate(prompts, SamplingParams(max_tokens=24, temperature=0))
     for ids, o in zip(prompts, outs, strict=True):

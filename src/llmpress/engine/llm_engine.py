@@ -18,6 +18,7 @@ import torch
 from llmpress.engine.block_manager import BlockManager
 from llmpress.engine.config import EngineConfig
 from llmpress.engine.intake import RequestIntake
+from llmpress.engine.lite import load_for_engine
 from llmpress.engine.model_runner import ModelRunner, check_context
 from llmpress.engine.outputs import StepOutput
 from llmpress.engine.sampler import sample, top_logprobs
@@ -52,7 +53,8 @@ class LLMEngine(RequestIntake):
 
     @classmethod
     def from_artifact(cls, artifact: Any, **config: Any) -> LLMEngine:
-        return cls(artifact.load_model(), artifact.load_tokenizer(), EngineConfig(**config))
+        """The engine on `artifact`, its model built without transformers when it can be (engine/lite.py)."""
+        return cls(load_for_engine(artifact), artifact.load_tokenizer(), EngineConfig(**config))
 
     # -- requests (any thread; add / abort are RequestIntake's) ----------------------------
     def make_sequence(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None) -> Sequence:

@@ -209,13 +209,12 @@ def measure_curve(artifact: Any, concurrencies: tuple[int, ...] = (1, 2, 4, 8), 
     TTFT is the engine's arrival-to-first-token time; HTTP adds ~1-10 ms (benchmarks/serving.py)."""
     import torch
 
-    from llmpress.engine import EngineConfig, LLMEngine, SamplingParams
+    from llmpress.engine import LLMEngine, SamplingParams
 
     torch.set_num_threads(threads)
-    model, tok = artifact.load_model(), artifact.load_tokenizer()
-    engine = LLMEngine(model, tok, EngineConfig(max_batch=max(concurrencies), kv_cache_mb=kv_cache_mb,
-                                                enable_prefix_caching=False, num_threads=threads))
-    vocab = int(getattr(model.config, "vocab_size", 1000))
+    engine = LLMEngine.from_artifact(artifact, max_batch=max(concurrencies), kv_cache_mb=kv_cache_mb,
+                                     enable_prefix_caching=False, num_threads=threads)  # as `llmpress serve` does
+    vocab = int(getattr(engine.runner.model.config, "vocab_size", 1000))
     n_prompt = min(prompt_len, engine.max_model_len - output_len - 1)
 
     def prompt(i: int) -> list[int]:

@@ -69,17 +69,34 @@ def load_hf_model(path: Path, dtype: Any = None, **kwargs: Any) -> Any:
     return model
 
 
-def load_tokenizer(path: Path) -> Any:
-    """The tokenizer saved beside a model; a model without one is a clear error."""
+def _tokenizer_class(path: Path) -> Any:
+    """The class AutoTokenizer would build for `path`: transformers' generic `TokenizersBackend` itself when
+    tokenizer_config.json names it (every tokenizer transformers 5 saves from a tokenizer.json) and brings no
+    code of its own; AutoTokenizer otherwise. Why: AutoTokenizer's model registry imports configuration and
+    modeling helpers (accelerate, hub kernels) that add ~60 MB to a serving process that needs none of them."""
+    try:
+        tc = json.loads((path / "tokenizer_config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        tc = None
+    if (isinstance(tc, dict) and tc.get("tokenizer_class") == "TokenizersBackend" and "auto_map" not in tc
+            and (path / "tokenizer.json").is_file()):
+        from transformers import TokenizersBackend
+
+        return TokenizersBackend
     from transformers import AutoTokenizer
 
+    return AutoTokenizer
+
+
+def load_tokenizer(path: Path) -> Any:
+    """The tokenizer saved beside a model; a model without one is a clear error."""
     quiet_hf()
     path = Path(path)
     if not any((path / f).exists() for f in TOKENIZER_FILES):
         raise SourceError(f"{path} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}...)",
                           "copy the tokenizer of the base model into the directory (tokenizer.save_pretrained)")
     try:
-        tok = AutoTokenizer.from_pretrained(path)
+        tok = _tokenizer_class(path).from_pretrained(path)
     except (OSError, ValueError, TypeError) as e:
         raise SourceError(f"could not load the tokenizer in {path}: {str(e).splitlines()[0]}",
                           "re-save it with tokenizer.save_pretrained") from e

@@ -77,6 +77,18 @@ def load_quantized(art: Artifact, **_: Any) -> nn.Module:
     from llmpress.sources.hf import auto_class, quiet_hf, read_config
 
     quiet_hf()
+    quantization_entry(art)  # a clear error before transformers builds anything
+    config = AutoConfig.from_pretrained(art.path)
+    cls = auto_class(read_config(art.path))
+    with init_empty_weights(include_buffers=False):
+        model = cls.from_config(config)
+    fill_quantized(model, art)
+    model.eval()
+    return model
+
+
+def quantization_entry(art: Artifact) -> dict[str, Any]:
+    """The manifest's `quantization` entry, checked: a clear error when it is missing or too new."""
     q = art.manifest.extra.get("quantization")
     if not isinstance(q, dict) or "modules" not in q:
         raise ManifestError(f"artifact {art.path} says loader 'quantized' but has no quantization entry",
@@ -84,10 +96,13 @@ def load_quantized(art: Artifact, **_: Any) -> nn.Module:
     if q.get("format_version", 1) > FORMAT_VERSION:
         raise ManifestError(f"artifact {art.path} uses quantized format v{q['format_version']}",
                             "upgrade llmpress to load it")
-    config = AutoConfig.from_pretrained(art.path)
-    cls = auto_class(read_config(art.path))
-    with init_empty_weights(include_buffers=False):
-        model = cls.from_config(config)
+    return q
+
+
+def fill_quantized(model: nn.Module, art: Artifact) -> None:
+    """Give `model` (built on the meta device, float layers) the artifact's quantized layers and stored tensors,
+    then build kernel layouts and free the storage copies. Shared by this loader and the engine's lite model."""
+    q = quantization_entry(art)
     for name, spec in q["modules"].items():
         spec = dict(spec)
         kind = spec.pop("kind")
@@ -105,14 +120,12 @@ def load_quantized(art: Artifact, **_: Any) -> nn.Module:
     left = [n for n, p in list(model.named_parameters()) + list(model.named_buffers()) if p.is_meta]
     if left:
         raise ManifestError(f"artifact {art.path}: tensors {left[:3]} were not stored", "re-create the artifact")
-    model.eval()
     prepare_all(model)
     for m in model.modules():  # kernels hold their own copies: drop the storage copies from memory
         if isinstance(m, QuantModule):
             m.release_storage()
     del sd
     trim_heap()  # the file buffer and its per-tensor copies are freed: give the pages back
-    return model
 
 
 ALIGN = 64
