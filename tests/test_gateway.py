@@ -504,6 +504,29 @@ def test_stream_passthrough_records_usage_and_disconnects_settle(env):
     assert row.usage_source == "upstream" and 1 <= row.tokens_out <= 6 and text
 
 
+def test_client_gone_before_the_relay_starts_is_settled_and_released(env):
+    """A client that sends a streaming request and hangs up at once is gone before the gateway's response
+    iterates its relay (Starlette then never starts the body generator): the attempt's in-flight count,
+    the upstream connection and the cost row are still closed out, with status 499."""
+    from urllib.parse import urlsplit
+
+    u = urlsplit(env["gw"].url)
+    for i in range(3):
+        rid = f"gone-before-relay-{i}-{time.time_ns()}"
+        body = json.dumps(chat("chat", "Tell me a long story", max_tokens=200, stream=True)).encode()
+        head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {u.netloc}\r\nContent-Type: application/json\r\n"
+                f"Authorization: Bearer {env['client_key']}\r\nx-request-id: {rid}\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        with socket.create_connection((u.hostname, u.port), timeout=10) as sock:
+            sock.sendall(head + body)
+        row = ledger_row(rid)
+        assert row.status == 499 and row.target == "local"
+    deadline = time.monotonic() + 15
+    while httpx.get(env["gw"].url + "/health").json()["targets"]["local"]["inflight"] != 0:
+        assert time.monotonic() < deadline, "in-flight count never returned to 0"
+        time.sleep(0.1)
+
+
 # -- live: keys ------------------------------------------------------------------------------------
 def test_provider_key_rotation_without_restart(env):
     from llmpress.registry.keys import KeyStore
