@@ -35,6 +35,7 @@ from prometheus_client import (
 from pydantic import ValidationError
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from llmpress.errors import (
     AuthError,
@@ -279,6 +280,8 @@ class Gateway:
         key = await self.authenticate(request, "chat" if endpoint == "chat/completions" else "completions")
         try:
             body = json.loads(await request.body())
+        except ClientDisconnect:  # gone before its body arrived: nothing was routed, nothing to answer
+            return Response(status_code=499)
         except ValueError as e:
             return error_json(400, f"malformed JSON body: {e}", "invalid_request_error", code="json_invalid")
         if not isinstance(body, dict):
