@@ -504,6 +504,55 @@ def test_stream_passthrough_records_usage_and_disconnects_settle(env):
     assert row.usage_source == "upstream" and 1 <= row.tokens_out <= 6 and text
 
 
+def test_client_gone_before_the_relay_starts_is_settled_and_released(env):
+    """A client that hangs up while the gateway waits for the upstream's response head: Starlette then cancels
+    the streaming response before it iterates the relay, whose own `finally` never runs. The attempt's
+    in-flight count, the upstream connection and the cost row (status 499) are still closed out.
+    Driven through ASGI (the real app in this process, the real upstream server): a socket cannot time its
+    hang-up into that window, an ASGI `receive` / `send` pair can (the disconnect is already queued, and
+    sending the response head waits, as on a transport under flow control)."""
+    import asyncio
+
+    from fastapi.testclient import TestClient
+
+    from llmpress.gateway import create_gateway_app
+    from llmpress.gateway.config import GatewayConfig
+
+    config = GatewayConfig.model_validate({
+        "targets": [{"name": "local", "url": env["local"].url + "/v1", "models": ["tiny-llama"], "local": True}],
+        "routes": [{"alias": "chat", "targets": ["local"]}]})
+    app = create_gateway_app(config, auth=False)
+    body = json.dumps(chat("chat", "Tell me a long story", max_tokens=64, stream=True)).encode()
+    rid = f"gone-before-relay-{time.time_ns()}"
+
+    async def drive() -> list[dict]:
+        sent: list[dict] = []
+        events = [{"type": "http.request", "body": body, "more_body": False}, {"type": "http.disconnect"}]
+
+        async def receive() -> dict:
+            return events.pop(0) if events else await asyncio.sleep(3600)
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+            if message["type"] == "http.response.start":  # a transport that makes the head wait (flow control)
+                await asyncio.sleep(0.05)
+
+        scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
+                 "method": "POST", "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
+                 "query_string": b"", "root_path": "", "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 80),
+                 "headers": [(b"content-type", b"application/json"), (b"x-request-id", rid.encode()),
+                             (b"content-length", str(len(body)).encode())]}
+        await app(scope, receive, send)
+        return sent
+
+    with TestClient(app) as client:
+        sent = client.portal.call(drive)
+        assert not any(m.get("body") for m in sent)  # the relay never ran: nothing of the answer was sent
+        row = ledger_row(rid)
+        assert row.status == 499 and row.target == "local" and row.stream == 1
+        assert app.state.gateway.states["local"].inflight == 0
+
+
 # -- live: keys ------------------------------------------------------------------------------------
 def test_provider_key_rotation_without_restart(env):
     from llmpress.registry.keys import KeyStore

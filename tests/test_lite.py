@@ -11,6 +11,7 @@ import copy
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -219,3 +220,81 @@ def test_float_lite_weights_stay_mapped_and_fused_originals_leave_rss(tiny):
     eng = LLMEngine(m, tiny.load_tokenizer())
     assert eng.runner.released_mb > 0  # q/k/v and gate/up were copied into fused tensors: their pages dropped
     assert _greedy(m, tiny.load_tokenizer()) == _greedy(tiny.load_model().eval(), tiny.load_tokenizer())
+
+
+# -- the tokenizer (engine/tokenizer.py) ------------------------------------------------------------------------
+TEXTS = ["Hello , world . It 's <|im_start|>user\nhi<|im_end|> naïve — 42", "  leading and   inner  spaces\t\ttabs\n\n",
+         "日本語のテキストと emoji 🙂🚀", "<|endoftext|><|im_end|>", "def f(x):\n    return x ** 2  # ok", ""]
+TEMPLATE = """{%- set ns = namespace(sys=none) -%}
+{%- for m in messages -%}
+{%- if m['role'] == 'system' %}{% set ns.sys = m['content'] %}{% continue %}{% endif -%}
+{%- if m['role'] not in ['user', 'assistant'] %}{{ raise_exception('bad role ' + m['role']) }}{% endif %}
+<|im_start|>{{ m['role'] }}
+{{ m['content'] | trim }}{{ eos_token }}
+{% if loop.last and ns.sys %}[sys: {{ ns.sys | tojson }}]{% endif %}
+{%- endfor -%}
+{%- if add_generation_prompt %}<|im_start|>assistant
+{% endif -%}
+{{ bos_token }}{{ pad_token }}{{ tools | tojson }}"""
+CHATS = [[{"role": "user", "content": "hi"}],
+         [{"role": "system", "content": "Be \"brief\" <ok>"}, {"role": "user", "content": "  2+2?  "},
+          {"role": "assistant", "content": "4"}, {"role": "user", "content": "and 3+3? é"}]]
+
+
+def _tok_pair(path):
+    from llmpress.engine.tokenizer import LiteTokenizer
+    from llmpress.sources.hf import load_tokenizer
+
+    return LiteTokenizer(path), load_tokenizer(path)
+
+
+def test_lite_tokenizer_equals_transformers(tiny, tmp_path):
+    shutil.copytree(tiny.path, tmp_path / "t")
+    (tmp_path / "t" / "chat_template.jinja").write_text(TEMPLATE)
+    for path in (tiny.path, tmp_path / "t"):
+        ours, ref = _tok_pair(path)
+        for t in TEXTS:
+            for special in (True, False):
+                assert ours.encode(t, add_special_tokens=special) == ref.encode(t, add_special_tokens=special), t
+            ids = ref.encode(t)
+            for skip in (True, False):
+                assert ours.decode(ids, skip_special_tokens=skip) == ref.decode(ids, skip_special_tokens=skip)
+        assert (ours.eos_token_id, ours.bos_token_id, ours.pad_token_id) == (ref.eos_token_id, ref.bos_token_id,
+                                                                            ref.pad_token_id)
+        assert ours.convert_ids_to_tokens(ref.encode(TEXTS[0])) == ref.convert_ids_to_tokens(ref.encode(TEXTS[0]))
+        for chat in CHATS:
+            for gen in (True, False):
+                a = ours.apply_chat_template(chat, add_generation_prompt=gen, tokenize=False)
+                b = ref.apply_chat_template(chat, add_generation_prompt=gen, tokenize=False)
+                assert a == b
+                assert ours.apply_chat_template(chat, add_generation_prompt=gen) == \
+                    ref.apply_chat_template(chat, add_generation_prompt=gen, return_dict=False)
+    with pytest.raises(Exception, match="bad role"):
+        ours.apply_chat_template([{"role": "tool", "content": "x"}])
+
+
+def test_lite_tokenizer_is_shared_and_transformers_one_is_copied(tiny, monkeypatch):
+    from llmpress.engine.tokenizer import LiteTokenizer
+
+    eng = LLMEngine.from_artifact(tiny)
+    assert type(eng.tokenizer) is LiteTokenizer and eng._detok_tokenizer is eng.tokenizer
+    monkeypatch.setenv(lite.ENV, "0")
+    eng = LLMEngine.from_artifact(tiny)
+    assert type(eng.tokenizer) is not LiteTokenizer and eng._detok_tokenizer is not eng.tokenizer
+
+
+def test_tokenizer_config_options_it_does_not_implement_fall_back(tiny, tmp_path, caplog):
+    from llmpress.engine import tokenizer
+
+    with create_artifact("tiny-bos", Step("test", {})) as w:
+        for f in tiny.path.iterdir():
+            if f.name != "llmpress.json":
+                shutil.copy(f, w.path / f.name)
+        tc = json.loads((w.path / "tokenizer_config.json").read_text())
+        tc["add_bos_token"] = True
+        (w.path / "tokenizer_config.json").write_text(json.dumps(tc))
+    with caplog.at_level(logging.INFO, logger="llmpress.engine"):
+        tok = tokenizer.load_for_engine(w.artifact)
+    assert type(tok) is not tokenizer.LiteTokenizer
+    lines = [r.getMessage() for r in caplog.records if "lite tokenizer" in r.getMessage()]
+    assert len(lines) == 1 and "add_bos_token" in lines[0]

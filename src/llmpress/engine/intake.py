@@ -25,10 +25,11 @@ class RequestIntake:
 
     def _init_intake(self, tokenizer: Any, max_waiting: int) -> None:
         # `tokenizer` belongs to the caller's thread (the server encodes prompts with it); the engine
-        # thread detokenizes with its own copy: a Rust tokenizer used from two threads at once fails
-        # with "Already borrowed".
+        # thread detokenizes with its own copy: transformers' tokenizer may reconfigure its Rust object
+        # while encoding, which fails ("Already borrowed") while another thread decodes. A tokenizer
+        # that only reads it (engine/tokenizer.py, `thread_safe`) is shared.
         self.tokenizer = tokenizer
-        self._detok_tokenizer = copy.deepcopy(tokenizer)
+        self._detok_tokenizer = tokenizer if getattr(tokenizer, "thread_safe", False) else copy.deepcopy(tokenizer)
         self.max_waiting = max_waiting
         self._inbox: deque[Sequence] = deque()
         self._aborts: deque[Sequence] = deque()

@@ -252,6 +252,8 @@ def check_config(cfg: LiteConfig) -> None:
         raise Unsupported(f"architecture {archs[0]!r}")
     if getattr(cfg, "quantization_config", None):
         raise Unsupported("a transformers quantization_config")
+    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True) and cfg.model_type != "llama":
+        raise Unsupported("sliding-window attention")
     if str(getattr(cfg, "hidden_act", "silu")) not in ACTIVATIONS:
         raise Unsupported(f"activation {getattr(cfg, 'hidden_act', None)!r}")
     for key in ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size", "vocab_size"):

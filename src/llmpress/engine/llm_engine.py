@@ -53,8 +53,11 @@ class LLMEngine(RequestIntake):
 
     @classmethod
     def from_artifact(cls, artifact: Any, **config: Any) -> LLMEngine:
-        """The engine on `artifact`, its model built without transformers when it can be (engine/lite.py)."""
-        return cls(load_for_engine(artifact), artifact.load_tokenizer(), EngineConfig(**config))
+        """The engine on `artifact`, its model and tokenizer built without transformers when they can be
+        (engine/lite.py, engine/tokenizer.py)."""
+        from llmpress.engine import tokenizer
+
+        return cls(load_for_engine(artifact), tokenizer.load_for_engine(artifact), EngineConfig(**config))
 
     # -- requests (any thread; add / abort are RequestIntake's) ----------------------------
     def make_sequence(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None) -> Sequence:

@@ -108,6 +108,9 @@ def make_generate(model: Any, tokenizer: Any, runner: str) -> Callable[[Any, int
         eng.runner = "engine"  # type: ignore[attr-defined]
         return eng
 
+    if not hasattr(model, "generate"):  # engine/lite.py's model: no forward with a KV cache of its own
+        raise ConfigError("the lean runner needs transformers' model, and this one was built for the engine",
+                          "use --runner engine (or hf)")
     from transformers import DynamicCache
 
     def lean(ids: Any, n: int) -> Any:
@@ -223,7 +226,12 @@ def _worker(artifact_path: str, config_json: str) -> None:
         rss0 = current_rss_mb()
         t = time.perf_counter()
         art = Artifact.open(artifact_path)
-        model = art.load_model()
+        if cfg.runner in ("engine", "auto"):  # the model `serve` runs, so load time and RSS are serving's
+            from llmpress.engine.lite import load_for_engine
+
+            model = load_for_engine(art)
+        else:
+            model = art.load_model()
         tok = art.load_tokenizer()
         load_s = time.perf_counter() - t
         rss_loaded = current_rss_mb()

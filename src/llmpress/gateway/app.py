@@ -23,7 +23,7 @@ from typing import Any
 
 import aiohttp
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -35,6 +35,7 @@ from prometheus_client import (
 from pydantic import ValidationError
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from llmpress.errors import (
     AuthError,
@@ -60,6 +61,7 @@ from llmpress.registry.keys import KeyInfo, KeyStore
 from llmpress.server.limits import RateLimiter
 from llmpress.server.observe import Observe, freeze_startup_heap
 from llmpress.server.schemas import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from llmpress.server.streaming import SettlingStream
 
 log = logging.getLogger("llmpress.gateway")
 
@@ -278,6 +280,8 @@ class Gateway:
         key = await self.authenticate(request, "chat" if endpoint == "chat/completions" else "completions")
         try:
             body = json.loads(await request.body())
+        except ClientDisconnect:  # gone before its body arrived: nothing was routed, nothing to answer
+            return Response(status_code=499)
         except ValueError as e:
             return error_json(400, f"malformed JSON body: {e}", "invalid_request_error", code="json_invalid")
         if not isinstance(body, dict):
@@ -420,8 +424,19 @@ class Gateway:
                    # the gateway's own time from arrival to the upstream send (what it adds to TTFT)
                    "x-llmpress-overhead-ms": f"{(t_send - call.t0) * 1000:.3f}"}
         if call.stream:
-            return StreamingResponse(self._relay(call, st, resp, t_send, body), media_type="text/event-stream",
-                                     headers=headers)
+            started: list[bool] = []
+
+            def close_unstarted() -> None:
+                # The client left before the relay ran (Starlette cancels a response whose client is gone
+                # before it iterates the body): the relay's own `finally` never runs, so do its part here.
+                if not started:
+                    st.inflight -= 1
+                    resp.close()
+                    call.status = 499
+                    self._settle_soon(call, [])
+
+            return SettlingStream(self._relay(call, st, resp, t_send, body, started), on_close=close_unstarted,
+                                  headers=headers)
         try:
             raw = await resp.read()
             data = json.loads(raw)
@@ -450,9 +465,10 @@ class Gateway:
                         background=BackgroundTask(self.settle, call))
 
     async def _relay(self, call: Call, st: TargetState, resp: aiohttp.ClientResponse, t_send: float,
-                     body: dict[str, Any]) -> AsyncIterator[bytes]:
+                     body: dict[str, Any], started: list[bool]) -> AsyncIterator[bytes]:
         """Pass SSE events through; read usage from the final usage chunk (or count the text); a break
         mid-stream becomes one SSE error event. Always settles, also when the client goes away."""
+        started.append(True)
         cfg = st.config
         want_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         pieces: list[bytes] = []
@@ -521,10 +537,13 @@ class Gateway:
             if usage is not None and isinstance(usage.get("prompt_tokens"), int):
                 call.tokens_in, call.tokens_out = usage["prompt_tokens"], int(usage.get("completion_tokens") or 0)
                 events = None
-            # settle off the stream's task (it may be cancelled); keep a reference until done
-            task = asyncio.get_running_loop().create_task(self.settle(call, events))
-            _PENDING.add(task)
-            task.add_done_callback(_PENDING.discard)
+            self._settle_soon(call, events)
+
+    def _settle_soon(self, call: Call, events: list[bytes] | None) -> None:
+        """Settle off the stream's task (it may be cancelled); keep a reference until done."""
+        task = asyncio.get_running_loop().create_task(self.settle(call, events))
+        _PENDING.add(task)
+        task.add_done_callback(_PENDING.discard)
 
     def _client_error(self, call: Call, f: _Failure) -> Response:
         """The upstream refused the request itself (400, 401, 404...): pass its error on, redacted."""
