@@ -141,14 +141,18 @@ def q8_quality(src: Any, max_tokens: int) -> list[dict[str, Any]]:
     orig = cls.forward
     on = kernels.q8_min_rows() or 8
 
-    def through_kernel(q8: int) -> Any:
+    def through_kernel(q8: int, bf16: int = 0) -> Any:
         def forward(self: Any, x: Any) -> Any:  # every row count on the kernel, as the fused decoder calls it
-            y = kern.int8_linear(x.reshape(-1, x.shape[-1]).float().contiguous(), self.qweight, self.scales, q8)
+            y = kern.int8_linear(x.reshape(-1, x.shape[-1]).float().contiguous(), self.qweight, self.scales, q8,
+                                 bf16)
             return (y if self.bias is None else y + self.bias).reshape(*x.shape[:-1], -1)
         return forward
 
-    for label, fwd in (("current path", orig), ("kernel, float32 activations", through_kernel(0)),
-                       (f"kernel, int8 activations (VNNI) from {on} rows", through_kernel(on))):
+    bf = kernels.bf16a_min_rows() or 8
+    paths = [("current path", orig), ("kernel, float32 activations", through_kernel(0)),
+             (f"kernel, int8 activations (VNNI) from {on} rows", through_kernel(on)),
+             (f"kernel, bfloat16 activations (AVX512-BF16) from {bf} rows", through_kernel(0, bf))]
+    for label, fwd in paths:
         cls.forward = fwd
         t = time.perf_counter()
         try:
@@ -175,7 +179,7 @@ def main() -> None:
     ap.add_argument("--note", default="", help="a line for the markdown (e.g. 'machine shared, noisy')")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     ap.add_argument("--quality", action="store_true",
-                    help="only the VNNI quality gate: int8-weight-only perplexity with and without int8 activations")
+                    help="only the activation-precision gate: int8-weight-only perplexity with float32, int8 (VNNI) and bf16 activations")
     ap.add_argument("--eval-tokens", type=int, default=4096)
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (default: torch's); 1 gives steadier numbers on a contended machine")
@@ -198,7 +202,7 @@ def main() -> None:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "decode_profile_q8_quality.json").write_text(json.dumps(res, indent=2))
-        md = [f"# VNNI quality gate: int8-weight-only {args.model}", "",
+        md = [f"# Activation-precision quality gate (VNNI int8, AVX512-BF16): int8-weight-only {args.model}", "",
               f"Perplexity on {qrows[0]['tokens']} builtin:pydoc eval tokens (window 512, stride 256); gate: "
               "within 0.1 % of the current path.", "",
               markdown_table(["path", "perplexity", "Δ %", "seconds"],

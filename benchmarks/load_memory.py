@@ -1,8 +1,8 @@
 """Where the engine's RSS after load goes, per precision: Python + torch, llmpress's imports, the tokenizer,
 the weights, the engine (KV cache, fused layouts), and the KV pages actually resident.
 
-Each variant loads in its own fresh process exactly as `llmpress serve` does (artifact.load_tokenizer,
-engine/lite.py's model, the engine with its default 256 MiB KV cache), and RSS is read after every stage;
+Each variant loads in its own fresh process exactly as `llmpress serve` does (engine/tokenizer.py's
+tokenizer, engine/lite.py's model, the engine with its default 256 MiB KV cache), and RSS is read after every stage;
 the stage rows are increments, so they add up to the total. The KV cache is mapped lazily (pages become
 resident as requests write them), so "RSS - KV" subtracts the KV bytes the kernel reports resident
 (mincore), not the budget. Also: the peak RSS during load (VmHWM), the bytes of the model's own tensors,
@@ -51,12 +51,12 @@ def worker(path: str, threads: int) -> dict[str, Any]:
     torch.set_num_threads(threads)
     rss["torch"] = _status("VmRSS")
     from llmpress.artifact import Artifact
-    from llmpress.engine import LLM, SamplingParams
+    from llmpress.engine import LLM, SamplingParams, tokenizer
     from llmpress.engine.lite import load_for_engine
 
     art = Artifact.open(Path(path))
     rss["llmpress imports"] = _status("VmRSS")
-    tok = art.load_tokenizer()
+    tok = tokenizer.load_for_engine(art)  # what `llmpress serve` tokenizes with (engine/tokenizer.py)
     rss["tokenizer"] = _status("VmRSS")
     t = time.perf_counter()
     model = load_for_engine(art)  # what `llmpress serve` runs: engine/lite.py, or transformers when it cannot
@@ -88,7 +88,8 @@ def worker(path: str, threads: int) -> dict[str, Any]:
             "model_tensors_mb": sum(storages.values()) / 2**20, "quantized_layers": len(quant_mods),
             "float32_in_quantized_layers_mb": f32_quant / 2**20, "load_s": load_s,
             "rss_after_generate_mb": _status("VmRSS"), "kv_resident_after_generate_mb": kv_gen,
-            "fast_path": runner.fast_path is not None, "model_class": type(model).__name__}
+            "fast_path": runner.fast_path is not None, "model_class": type(model).__name__,
+            "tokenizer_class": type(tok).__name__}
 
 
 def floor_worker(path: str) -> float:
@@ -171,7 +172,7 @@ def main() -> None:
                        ("float32_in_quantized_layers_mb", "float32 weights in quantized layers"),
                        ("rss_after_generate_mb", "RSS after a 32+16-token generate"),
                        ("kv_resident_after_generate_mb", "KV resident after it"),
-                       ("model_class", "model class served"),
+                       ("model_class", "model class served"), ("tokenizer_class", "tokenizer class"),
                        ("floor_no_transformers_mb", "floor: torch + Rust tokenizer + weights + kernels")):
         table.append([label, *[r.get(key) for r in ok]])
     md = [f"# RSS after load: {args.model}", "", machine_summary(result["machine"]) + f" `{result['command']}`", "",

@@ -243,3 +243,64 @@ def test_vnni_int8_path_computes_the_q8_function():
     assert not torch.allclose(y8, yf)  # really a different path
     assert (y8 - yf).abs().max() <= 0.02 * yf.abs().max()
     assert torch.allclose(kern.int8_linear(x[:4], q, s, 8), yf[:4], rtol=1e-5, atol=1e-4)  # below 8 rows: float32
+
+
+def test_bf16_activation_kernel_is_exact_weights_times_rounded_activations():
+    """The AVX512-BF16 path computes the int8 weights (exact in bf16) times the activations rounded to bf16,
+    summed in float32; below its row threshold and in the modules' own call it is the float32 kernel."""
+    from llmpress.compress.quantize import kernels
+    from llmpress.compress.quantize.layers import int8_per_channel
+
+    kern = kernels.get()
+    on = kernels.set_bf16a_min_rows(8) if kern is not None else 0
+    kernels.set_bf16a_min_rows(kernels.bf16a_min_rows())  # the decoder's setting stays as configured
+    if on == 0:
+        pytest.skip("no compiled kernels with AVX512-BF16 on this CPU")
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(97, 576, generator=g)  # a weight-row count with a tail
+    q, s = int8_per_channel(w)
+    x = torch.randn(13, 576, generator=g)
+    x[:, 7] *= 40
+    yb = kern.int8_linear(x, q, s, 0, 8)
+    yf = kern.int8_linear(x, q, s)
+    ref = x.bfloat16().double() @ (q.double() * s.double()[:, None]).T
+    assert torch.allclose(yb.double(), ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item())
+    assert not torch.allclose(yb, yf)  # really a different path
+    assert (yb - yf).abs().max() <= 0.01 * yf.abs().max()
+    assert torch.allclose(kern.int8_linear(x[:7], q, s, 0, 8), yf[:7], rtol=1e-5, atol=1e-4)  # below 8 rows
+
+
+def test_decode_steps_of_eight_rows_use_bf16_activations_where_built(tiny):
+    """With 8+ decode rows the fused decoder (and the decode step's head) take the bf16-activation path:
+    its logits differ from the float32 path's (threshold 0) by no more than bf16 rounding of the activations."""
+    from llmpress.compress.quantize import build_quantized, kernels, make_config
+
+    if kernels.get() is None or kernels.set_bf16a_min_rows(kernels.bf16a_min_rows()) == 0:
+        pytest.skip("no compiled kernels with AVX512-BF16 on this CPU")
+    q = build_quantized(tiny, make_config("int8-weight-only"))
+    prompts = [[1 + i, 5, 9, 13 + i, 200] for i in range(10)]
+    sp = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+    outs = {}
+    for rows in (8, 0):
+        kernels.set_bf16a_min_rows(rows)
+        try:
+            eng = LLMEngine(q.model, q.tokenizer, EngineConfig(enable_prefix_caching=False))
+            logits: list[torch.Tensor] = []
+            orig = eng.runner.run
+
+            def run(items, num_decode, *a, _orig=orig, _l=logits, **k):
+                out = _orig(items, num_decode, *a, **k)
+                if num_decode == len(items) == 10:
+                    _l.append(out[0].clone())
+                return out
+
+            eng.runner.run = run
+            llm = LLM.__new__(LLM)
+            llm.engine, llm.tokenizer = eng, q.tokenizer
+            outs[rows] = ([o.token_ids for o in llm.generate(prompts, sp)], logits)
+        finally:
+            kernels.set_bf16a_min_rows(kernels.bf16a_min_rows())
+    (_, lb), (_, lf) = outs[8], outs[0]
+    assert len(lb) == len(lf) >= 5
+    diff = max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(lb, lf, strict=True))
+    assert 0 < diff < 2e-2  # a different path, within bf16 rounding of the activations

@@ -112,6 +112,28 @@ def test_our_kernels_match_dequantized_gemm(rows):
         assert float((y - ref).abs().max()) <= 1e-5 * float(ref.abs().max()) + 1e-6, type(q).__name__
 
 
+@pytest.mark.parametrize("rows", [1, 2, 3, 5, 9, 32, 33])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_float_kernel_matches_aten(rows, dtype):
+    """kernels.cpp's float kernel (up to 32 rows of float32 weights, 8 of bfloat16; aten's linear beyond)
+    equals a float32 GEMM on the same weight up to summation order, with a weight-row count with a tail."""
+    from llmpress.compress.quantize import kernels
+    from llmpress.hardware import cpu_has_avx512
+
+    if not cpu_has_avx512():
+        pytest.skip("our kernels are built for AVX-512 machines only")
+    kern = kernels.get()
+    assert kern is not None, "the AVX-512 kernels failed to build (see the warning above)"
+    torch.manual_seed(rows)
+    w = torch.randn(389, 192).to(dtype)
+    x = torch.randn(rows, 192)
+    ref = x @ w.float().T
+    y = kern.float_linear(x, w)
+    assert y.dtype == torch.float32 and y.shape == ref.shape
+    tol = 1e-5 if dtype == torch.float32 or rows <= 8 else 1e-2  # aten's bf16 GEMM rounds x to bf16
+    assert float((y - ref).abs().max()) <= tol * float(ref.abs().max()) + 1e-6
+
+
 def test_kernel_build_recovers_from_a_killed_builder(tmp_path):
     """torch's build `lock` file outlives a killed build and torch waits on it forever. We hold an
     flock around the build: while a live builder holds it we wait; once it is killed, its `lock`

@@ -96,6 +96,78 @@ inline void int4_rows(const float* X, int64_t K, int64_t G, const uint8_t* q, co
     for (int r = 0; r < R; ++r) Y[r * ldy + i] = _mm512_reduce_add_ps(acc[i][r]);
 }
 
+// Float weights (float32, or bfloat16 widened exactly by a 16-bit shift) for decode-sized batches: aten's
+// GEMV reads float32 weights at about a third of the memory bandwidth here (SmolLM2 fp32 b1: 29 tok/s of a
+// ~87 tok/s limit); the same register blocking as int8_rows, one weight cache line prefetched per line read.
+inline __m512 load_w(const float* w) { return _mm512_loadu_ps(w); }
+inline __m512 load_w(const at::BFloat16* w) {
+  const __m512i e = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w)));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(e, 16));
+}
+
+template <int R, int NR, typename T>
+inline void float_rows(const float* X, int64_t K, const T* w, float* Y, int64_t ldy) {
+  constexpr int64_t LINE = 64 / sizeof(T);  // weights per cache line
+  __m512 acc[NR][R];
+  for (int i = 0; i < NR; ++i)
+    for (int r = 0; r < R; ++r) acc[i][r] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; k += 16) {
+    __m512 x[R];
+    for (int r = 0; r < R; ++r) x[r] = _mm512_loadu_ps(X + r * K + k);
+    if ((k & (LINE - 1)) == 0)
+      for (int i = 0; i < NR; ++i) _mm_prefetch((const char*)(w + (2 * NR + i) * K + k), _MM_HINT_T0);
+    for (int i = 0; i < NR; ++i) {
+      const __m512 wv = load_w(w + i * K + k);
+      for (int r = 0; r < R; ++r) acc[i][r] = _mm512_fmadd_ps(wv, x[r], acc[i][r]);
+    }
+  }
+  for (int i = 0; i < NR; ++i)
+    for (int r = 0; r < R; ++r) Y[r * ldy + i] = _mm512_reduce_add_ps(acc[i][r]);
+}
+
+#if defined(__AVX512BF16__)
+#define LLMPRESS_BF16A 1
+// int8 weights x bfloat16 activations on AVX512-BF16: vdpbf16ps does 32 multiply-adds where a float32 FMA
+// does 16, and a batch-32 int8 matmul here runs at the float32 FMA peak. The activation rows are rounded to
+// bf16 once per call (round to nearest even); the weight rows of a block are widened to bf16 once (exact:
+// |q| <= 127) into a buffer that stays in L1 while every chunk of activation rows reads it.
+inline __m512bh as_bh(__m512i v) { return reinterpret_cast<__m512bh&>(v); }
+
+inline void to_bf16(const float* x, int64_t n, at::BFloat16* out) {  // n: a multiple of 32
+  for (int64_t k = 0; k < n; k += 32) {
+    const __m512bh b = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + k + 16), _mm512_loadu_ps(x + k));
+    _mm512_storeu_si512(reinterpret_cast<void*>(out + k), reinterpret_cast<const __m512i&>(b));
+  }
+}
+
+inline void widen_int8(const int8_t* q, int64_t n, at::BFloat16* out) {  // n: a multiple of 32
+  for (int64_t k = 0; k < n; k += 32) {
+    const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(q + k))));
+    const __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(q + k + 16))));
+    const __m512bh b = _mm512_cvtne2ps_pbh(hi, lo);
+    _mm512_storeu_si512(reinterpret_cast<void*>(out + k), reinterpret_cast<const __m512i&>(b));
+  }
+}
+
+template <int R, int NR>
+inline void bf16a_rows(const at::BFloat16* XB, int64_t K, const at::BFloat16* WB, const float* s, float* Y,
+                       int64_t ldy) {
+  __m512 acc[NR][R];
+  for (int i = 0; i < NR; ++i)
+    for (int r = 0; r < R; ++r) acc[i][r] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; k += 32) {
+    __m512bh x[R];
+    for (int r = 0; r < R; ++r) x[r] = as_bh(_mm512_loadu_si512(reinterpret_cast<const void*>(XB + r * K + k)));
+    for (int i = 0; i < NR; ++i) {
+      const __m512bh w = as_bh(_mm512_loadu_si512(reinterpret_cast<const void*>(WB + i * K + k)));
+      for (int r = 0; r < R; ++r) acc[i][r] = _mm512_dpbf16_ps(acc[i][r], w, x[r]);
+    }
+  }
+  for (int i = 0; i < NR; ++i)
+    for (int r = 0; r < R; ++r) Y[r * ldy + i] = _mm512_reduce_add_ps(acc[i][r]) * s[i];
+}
+#endif
+
 #if defined(__AVX512VNNI__)
 #define LLMPRESS_Q8 1
 // int8 weights x int8 activations (per row, per 32-block scale xs), llama.cpp's Q8_0 x Q8_0 idea on
@@ -207,9 +279,14 @@ void check_x(const torch::Tensor& x, int64_t K) {
 
 static int64_t q8_min_rows = 0;
 inline int64_t q8_threshold() { return q8_min_rows; }
+static int64_t bf16a_min_rows = 0;
+constexpr int64_t BF16A_TILE = 64;     // activation rows per tile of the prompt-sized bf16 path
+constexpr int64_t INT8_MAX_ROWS = 64;  // float32 activations: our kernel up to here, a GEMM beyond
+inline int64_t bf16a_threshold() { return bf16a_min_rows; }
 
-// q8_from > 0: from that many activation rows, int8 activations on VNNI (where built); 0: exact float32.
-torch::Tensor int8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor s, int64_t q8_from) {
+// q8_from > 0: from that many activation rows, int8 activations on VNNI (where built); bf16_from > 0: from
+// that many rows, bfloat16 activations on AVX512-BF16 (where built; q8 first when both apply); 0: exact float32.
+torch::Tensor int8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor s, int64_t q8_from, int64_t bf16_from) {
   TORCH_CHECK(q.scalar_type() == torch::kInt8 && q.is_contiguous(), "q must be contiguous int8 [N, K]");
   TORCH_CHECK(s.scalar_type() == torch::kFloat32 && s.is_contiguous(), "s must be contiguous float32 [N]");
   const int64_t N = q.size(0), K = q.size(1);
@@ -258,10 +335,71 @@ torch::Tensor int8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor s, int
     return y;
   }
 #endif
+#ifdef LLMPRESS_BF16A
+  if (bf16_from > 0 && M >= bf16_from && K % 32 == 0 && M > BF16A_TILE) {
+    // prompt-sized: the whole weight widened once (it stays in L3), then tiles of BF16A_TILE activation rows
+    // (in L2) against blocks of NB weight rows (in L1)
+    std::vector<at::BFloat16> xb(M * K), wall(N * K);
+    at::parallel_for(0, M, 16, [&](int64_t r0, int64_t r1) { to_bf16(X + r0 * K, (r1 - r0) * K, xb.data() + r0 * K); });
+    at::parallel_for(0, N, 64, [&](int64_t n0, int64_t n1) { widen_int8(Q + n0 * K, (n1 - n0) * K, wall.data() + n0 * K); });
+    const at::BFloat16* XB = xb.data();
+    const at::BFloat16* WB = wall.data();
+    for (int64_t t0 = 0; t0 < M; t0 += BF16A_TILE) {
+      const int64_t t1 = std::min(M, t0 + BF16A_TILE);
+      at::parallel_for(0, N, 64, [&](int64_t n0, int64_t n1) {
+        for (int64_t n = n0; n < n1;) {
+          const int64_t nr = n + NB <= n1 ? NB : 1;
+          for (int64_t m0 = t0; m0 < t1; m0 += MB)
+            by_rows(std::min(MB, t1 - m0), nr, [&](auto R, auto NR) {
+              bf16a_rows<decltype(R)::value, decltype(NR)::value>(XB + m0 * K, K, WB + n * K, S + n, Y + m0 * N + n, N);
+            });
+          n += nr;
+        }
+      });
+    }
+    return y;
+  }
+  if (bf16_from > 0 && M >= bf16_from && K % 32 == 0) {
+    std::vector<at::BFloat16> xb(M * K);
+    to_bf16(X, M * K, xb.data());
+    const at::BFloat16* XB = xb.data();
+    at::parallel_for(0, N, 64, [&](int64_t n0, int64_t n1) {
+      std::vector<at::BFloat16> wb(NB * K);  // this thread's widened weight block
+      for (int64_t n = n0; n < n1;) {
+        const int64_t nr = n + NB <= n1 ? NB : 1;
+        widen_int8(Q + n * K, nr * K, wb.data());
+        for (int64_t m0 = 0; m0 < M; m0 += MB)
+          by_rows(std::min(MB, M - m0), nr, [&](auto R, auto NR) {
+            bf16a_rows<decltype(R)::value, decltype(NR)::value>(XB + m0 * K, K, wb.data(), S + n, Y + m0 * N + n, N);
+          });
+        n += nr;
+      }
+    });
+    return y;
+  }
+#endif
+  if (M > INT8_MAX_ROWS)  // prompt-sized in float32: a BLAS GEMM on the dequantized weight, as the modules do
+    return at::linear(x, q.to(torch::kFloat32).mul_(s.unsqueeze(1)));
   for_blocks(N, M, [&](int64_t n, int64_t m0, auto R, auto NR) {
     int8_rows<decltype(R)::value, decltype(NR)::value>(X + m0 * K, K, Q + n * K, S + n, Y + m0 * N + n, N);
   });
   return y;
+}
+
+// int8_linear with the fused decoder's batched-activation settings (the decode step's head calls it).
+torch::Tensor int8_linear_decode(torch::Tensor x, torch::Tensor q, torch::Tensor s) {
+  return int8_linear(x, q, s, q8_threshold(), bf16a_threshold());
+}
+
+// The fused decoder's batched bf16-activation threshold; 0 = off. Set from Python (kernels.py).
+int64_t set_bf16a_min_rows(int64_t rows) {
+#ifdef LLMPRESS_BF16A
+  bf16a_min_rows = rows;
+  return rows;
+#else
+  (void)rows;
+  return 0;
+#endif
 }
 
 // The fused decoder's batched int8 x int8 (VNNI) threshold; 0 = off. Set from Python (kernels.py).
@@ -317,6 +455,48 @@ torch::Tensor int4_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scales
 // gather) -> o_proj + residual -> rmsnorm -> gate/up -> silu*mul -> down + residual. The Python
 // runner did the same with ~40 operator calls per layer, each paying Python + dispatcher
 // overhead that, for a 30-layer x 576-wide model, costs as much as reading the weights.
+// Float weights: our kernel for decode-sized batches, aten's linear otherwise and without AVX-512. Measured
+// here (576x1536 and the 49152x576 head, 2 threads): aten's float32 GEMM runs at a third to a fifth of our
+// kernel's speed at 1-8 rows and is still slower at 32; its bfloat16 GEMM (AVX512-BF16) wins from 16 rows.
+constexpr int64_t FLOAT32_MAX_ROWS = 32;
+constexpr int64_t BF16_MAX_ROWS = 8;
+
+bool float_kernel_applies(const torch::Tensor& x, const torch::Tensor& w) {
+#if defined(__AVX512F__)
+  const auto t = w.scalar_type();
+  return (t == torch::kFloat32 || t == torch::kBFloat16) && w.dim() == 2 && w.is_contiguous() &&
+         w.size(1) % 16 == 0 && x.dim() == 2 && x.scalar_type() == torch::kFloat32 && x.size(1) == w.size(1) &&
+         x.size(0) <= (t == torch::kFloat32 ? FLOAT32_MAX_ROWS : BF16_MAX_ROWS);
+#else
+  (void)x;
+  (void)w;
+  return false;
+#endif
+}
+
+torch::Tensor float_linear(torch::Tensor x, torch::Tensor w) {
+  if (!float_kernel_applies(x, w)) {
+    return w.scalar_type() == x.scalar_type() ? at::linear(x, w) : at::linear(x.to(w.scalar_type()), w).to(x.scalar_type());
+  }
+#if defined(__AVX512F__)
+  x = x.contiguous();
+  const int64_t M = x.size(0), N = w.size(0), K = w.size(1);
+  auto y = torch::empty({M, N}, x.options());
+  const float* X = x.data_ptr<float>();
+  float* Y = y.data_ptr<float>();
+  auto run = [&](auto* W) {
+    for_blocks(N, M, [&](int64_t n, int64_t m0, auto R, auto NR) {
+      float_rows<decltype(R)::value, decltype(NR)::value>(X + m0 * K, K, W + n * K, Y + m0 * N + n, N);
+    });
+  };
+  if (w.scalar_type() == torch::kFloat32) run(w.data_ptr<float>());
+  else run(w.data_ptr<at::BFloat16>());
+  return y;
+#else
+  return at::linear(x, w);
+#endif
+}
+
 // Hidden states are float32; weights are float (any dtype, aten GEMM), int8 or int4 (the
 // kernels above); the KV cache is float32, bfloat16 or float16.
 namespace fast {
@@ -343,9 +523,11 @@ Lin make_lin(const LinSpec& t) {
 torch::Tensor apply(const Lin& l, const torch::Tensor& x) {
   torch::Tensor y;
   if (l.kind == 1) {
-    y = int8_linear(x, l.w, l.s, q8_threshold());
+    y = int8_linear(x, l.w, l.s, q8_threshold(), bf16a_threshold());
   } else if (l.kind == 2) {
     y = int4_linear(x, l.w, l.s, l.m, l.group);
+  } else if (float_kernel_applies(x, l.w)) {
+    y = float_linear(x, l.w);
   } else if (l.w.scalar_type() == torch::kFloat32) {
     y = at::linear(x, l.w);
   } else {
@@ -631,8 +813,13 @@ bool vectorized() {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("int8_linear", &int8_linear, pybind11::arg("x"), pybind11::arg("q"), pybind11::arg("s"),
-        pybind11::arg("q8_from") = 0, "y = x @ (q * s[:, None]).T for int8 q, float32 x");
+        pybind11::arg("q8_from") = 0, pybind11::arg("bf16_from") = 0,
+        "y = x @ (q * s[:, None]).T for int8 q, float32 x");
+  m.def("int8_linear_decode", &int8_linear_decode, "int8_linear with the engine's q8 / bf16 thresholds (any row count)");
+  m.def("set_bf16a_min_rows", &set_bf16a_min_rows,
+        "int8 x bf16 (AVX512-BF16) from this many rows (0 off); returns the setting, 0 without AVX512-BF16");
   m.def("int4_linear", &int4_linear, "y = x @ dequant(q).T for 4-bit codes in 32-blocks, float32 x");
+  m.def("float_linear", &float_linear, "y = x @ w.T for float32 x and float32 / bfloat16 w (our kernel for decode batches)");
   m.def("vectorized", &vectorized, "true when built with AVX-512");
   m.def("set_q8_min_rows", &set_q8_min_rows, "int8 x int8 VNNI from this many rows (0 off); returns the setting, 0 without VNNI");
   pybind11::class_<fast::Decoder>(m, "Decoder")

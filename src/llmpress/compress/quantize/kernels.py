@@ -114,6 +114,7 @@ def get() -> Any:
                 mod = None
         if mod is not None:
             mod.set_q8_min_rows(q8_min_rows())
+            mod.set_bf16a_min_rows(bf16a_min_rows())
         _state["mod"] = mod
         return mod
 
@@ -142,6 +143,29 @@ def set_q8_min_rows(rows: int) -> int:
     """Set the VNNI threshold at run time (0 = off); returns what the kernels took (0 without VNNI)."""
     mod = get()
     return int(mod.set_q8_min_rows(int(rows))) if mod is not None else 0
+
+
+# The fused decoder's int8-weight-only matmuls (and the decode step's int8 head) with at least this many rows
+# round the activations to bfloat16 and use AVX512-BF16 dot products (vdpbf16ps: twice the multiply-adds of
+# a float32 FMA), where the CPU has them (decided at build time, like VNNI). The weights stay exact (int8
+# values are bf16 integers); only the activations lose precision (8-bit mantissa, rounded to nearest).
+# Gate (benchmarks/decode_profile.py --quality): perplexity within 0.1 % of the current path.
+BF16A_DEFAULT_MIN_ROWS = 8
+
+
+def bf16a_min_rows() -> int:
+    raw = os.environ.get("LLMPRESS_BF16A", "").strip().lower()
+    if raw in ("0", "off", "false", "no"):
+        return 0
+    if raw in ("1", "on", "true", "yes"):
+        return 8
+    return int(raw) if raw.isdigit() else BF16A_DEFAULT_MIN_ROWS
+
+
+def set_bf16a_min_rows(rows: int) -> int:
+    """Set the AVX512-BF16 threshold at run time (0 = off); returns what the kernels took (0 without it)."""
+    mod = get()
+    return int(mod.set_bf16a_min_rows(int(rows))) if mod is not None else 0
 
 
 def available() -> bool:

@@ -479,10 +479,17 @@ def fuse_linears(mods: list[nn.Module]) -> nn.Module | None:
     return fused
 
 
-def direct_linear(mod: nn.Module) -> Any:
+def direct_linear(mod: nn.Module, engine: bool = False) -> Any:
     """For a float32 caller with 2-D contiguous activations: a function that calls our kernel directly
     (skipping the module call, reshapes and dtype casts) for decode-sized inputs, or None when `mod`
-    has no such path. Same result as `mod(x)`: it is the very call `forward` makes."""
+    has no such path. Same result as `mod(x)`: it is the very call `forward` makes; with `engine`, int8
+    weights take the engine's activation settings instead (kernels.set_bf16a_min_rows / q8), at any row count."""
+    if type(mod) is nn.Linear and mod.bias is None and mod.weight.dtype in (torch.float32, torch.bfloat16):
+        kern = _kernels()
+        if kern is None or not hasattr(kern, "float_linear"):
+            return None
+        w = mod.weight.detach()
+        return lambda x: kern.float_linear(x, w)  # our kernel for decode batches, aten's linear beyond
     if not isinstance(mod, Int8WeightOnlyLinear | Int4WeightOnlyLinear) or mod.bias is not None:
         return None
     mod.prepare()
@@ -492,6 +499,8 @@ def direct_linear(mod: nn.Module) -> Any:
     rows = KERNEL_MAX_ROWS
     if isinstance(mod, Int8WeightOnlyLinear):
         q8, s8 = mod.qweight, mod.scales
+        if engine:  # any row count: the kernel takes prompt-sized inputs too (tiled bf16, or a float GEMM)
+            return lambda x: kern.int8_linear_decode(x, q8, s8)
         return lambda x: kern.int8_linear(x, q8, s8) if x.shape[0] <= rows else mod(x)
     q4, sz, g = mod._packed, mod._sz, mod.group_size
     assert sz is not None
