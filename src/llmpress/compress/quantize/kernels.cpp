@@ -35,28 +35,8 @@ namespace {
 
 constexpr int64_t MB = 4;  // activation rows per register block
 
-// Each call computes NR output rows (weight rows) for R activation rows: NR * R independent
-// accumulators keep the FMA pipes busy (one chain per output would wait on FMA latency).
 #if defined(__AVX512F__)
-template <int R, int NR>
-inline void int8_rows(const float* X, int64_t K, const int8_t* q, const float* s, float* Y, int64_t ldy) {
-  __m512 acc[NR][R];
-  for (int i = 0; i < NR; ++i)
-    for (int r = 0; r < R; ++r) acc[i][r] = _mm512_setzero_ps();
-  for (int64_t k = 0; k < K; k += 16) {
-    __m512 x[R];
-    for (int r = 0; r < R; ++r) x[r] = _mm512_loadu_ps(X + r * K + k);
-    if ((k & 63) == 0)  // fetch the next block's rows while this one computes (DRAM latency hiding)
-      for (int i = 0; i < NR; ++i) _mm_prefetch((const char*)(q + (2 * NR + i) * K + k), _MM_HINT_T0);
-    for (int i = 0; i < NR; ++i) {
-      __m512 w = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(q + i * K + k))));
-      for (int r = 0; r < R; ++r) acc[i][r] = _mm512_fmadd_ps(w, x[r], acc[i][r]);
-    }
-  }
-  for (int i = 0; i < NR; ++i)
-    for (int r = 0; r < R; ++r) Y[r * ldy + i] = _mm512_reduce_add_ps(acc[i][r]) * s[i];
-}
-
+// 4-bit codes, dequantized in registers per 32-block (the same register blocking as widen_rows below).
 template <int R, int NR>
 inline void int4_rows(const float* X, int64_t K, int64_t G, const uint8_t* q, const at::Half* sc, const at::Half* mn,
                       float* Y, int64_t ldy) {
@@ -96,17 +76,24 @@ inline void int4_rows(const float* X, int64_t K, int64_t G, const uint8_t* q, co
     for (int r = 0; r < R; ++r) Y[r * ldy + i] = _mm512_reduce_add_ps(acc[i][r]);
 }
 
-// Float weights (float32, or bfloat16 widened exactly by a 16-bit shift) for decode-sized batches: aten's
-// GEMV reads float32 weights at about a third of the memory bandwidth here (SmolLM2 fp32 b1: 29 tok/s of a
-// ~87 tok/s limit); the same register blocking as int8_rows, one weight cache line prefetched per line read.
+// Weights widened to float32 in registers: int8 (scaled per row at the end), float32, bfloat16 (exactly, by a
+// 16-bit shift), float16 (vcvtph2ps). For float weights this replaces aten's GEMV, which read float32
+// weights at about a third of the memory bandwidth here (SmolLM2 fp32 b1: 29 tok/s of a ~87 tok/s limit).
+inline __m512 load_w(const int8_t* w) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w))));
+}
 inline __m512 load_w(const float* w) { return _mm512_loadu_ps(w); }
+inline __m512 load_w(const at::Half* w) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w))); }
 inline __m512 load_w(const at::BFloat16* w) {
   const __m512i e = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w)));
   return _mm512_castsi512_ps(_mm512_slli_epi32(e, 16));
 }
 
+// Each call computes NR output rows (weight rows) for R activation rows: NR * R independent accumulators keep
+// the FMA pipes busy (one chain per output would wait on FMA latency); one weight cache line is prefetched
+// (two blocks ahead) per line read. `s`: per-row scales (int8 weights) or nullptr.
 template <int R, int NR, typename T>
-inline void float_rows(const float* X, int64_t K, const T* w, float* Y, int64_t ldy) {
+inline void widen_rows(const float* X, int64_t K, const T* w, const float* s, float* Y, int64_t ldy) {
   constexpr int64_t LINE = 64 / sizeof(T);  // weights per cache line
   __m512 acc[NR][R];
   for (int i = 0; i < NR; ++i)
@@ -122,7 +109,12 @@ inline void float_rows(const float* X, int64_t K, const T* w, float* Y, int64_t 
     }
   }
   for (int i = 0; i < NR; ++i)
-    for (int r = 0; r < R; ++r) Y[r * ldy + i] = _mm512_reduce_add_ps(acc[i][r]);
+    for (int r = 0; r < R; ++r) Y[r * ldy + i] = _mm512_reduce_add_ps(acc[i][r]) * (s ? s[i] : 1.f);
+}
+
+template <int R, int NR>
+inline void int8_rows(const float* X, int64_t K, const int8_t* q, const float* s, float* Y, int64_t ldy) {
+  widen_rows<R, NR>(X, K, q, s, Y, ldy);
 }
 
 #if defined(__AVX512BF16__)
@@ -457,16 +449,17 @@ torch::Tensor int4_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scales
 // overhead that, for a 30-layer x 576-wide model, costs as much as reading the weights.
 // Float weights: our kernel for decode-sized batches, aten's linear otherwise and without AVX-512. Measured
 // here (576x1536 and the 49152x576 head, 2 threads): aten's float32 GEMM runs at a third to a fifth of our
-// kernel's speed at 1-8 rows and is still slower at 32; its bfloat16 GEMM (AVX512-BF16) wins from 16 rows.
+// kernel's speed at 1-8 rows and is still slower at 32; its bfloat16 GEMM (AVX512-BF16) wins from 16 rows;
+// float16 weights (no native CPU GEMM here) are widened like bfloat16 ones, up to 32 rows.
 constexpr int64_t FLOAT32_MAX_ROWS = 32;
 constexpr int64_t BF16_MAX_ROWS = 8;
 
 bool float_kernel_applies(const torch::Tensor& x, const torch::Tensor& w) {
 #if defined(__AVX512F__)
   const auto t = w.scalar_type();
-  return (t == torch::kFloat32 || t == torch::kBFloat16) && w.dim() == 2 && w.is_contiguous() &&
+  return (t == torch::kFloat32 || t == torch::kBFloat16 || t == torch::kHalf) && w.dim() == 2 && w.is_contiguous() &&
          w.size(1) % 16 == 0 && x.dim() == 2 && x.scalar_type() == torch::kFloat32 && x.size(1) == w.size(1) &&
-         x.size(0) <= (t == torch::kFloat32 ? FLOAT32_MAX_ROWS : BF16_MAX_ROWS);
+         x.size(0) <= (t == torch::kBFloat16 ? BF16_MAX_ROWS : FLOAT32_MAX_ROWS);
 #else
   (void)x;
   (void)w;
@@ -486,10 +479,11 @@ torch::Tensor float_linear(torch::Tensor x, torch::Tensor w) {
   float* Y = y.data_ptr<float>();
   auto run = [&](auto* W) {
     for_blocks(N, M, [&](int64_t n, int64_t m0, auto R, auto NR) {
-      float_rows<decltype(R)::value, decltype(NR)::value>(X + m0 * K, K, W + n * K, Y + m0 * N + n, N);
+      widen_rows<decltype(R)::value, decltype(NR)::value>(X + m0 * K, K, W + n * K, nullptr, Y + m0 * N + n, N);
     });
   };
   if (w.scalar_type() == torch::kFloat32) run(w.data_ptr<float>());
+  else if (w.scalar_type() == torch::kHalf) run(w.data_ptr<at::Half>());
   else run(w.data_ptr<at::BFloat16>());
   return y;
 #else
@@ -819,7 +813,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_bf16a_min_rows", &set_bf16a_min_rows,
         "int8 x bf16 (AVX512-BF16) from this many rows (0 off); returns the setting, 0 without AVX512-BF16");
   m.def("int4_linear", &int4_linear, "y = x @ dequant(q).T for 4-bit codes in 32-blocks, float32 x");
-  m.def("float_linear", &float_linear, "y = x @ w.T for float32 x and float32 / bfloat16 w (our kernel for decode batches)");
+  m.def("float_linear", &float_linear, "y = x @ w.T for float32 x and float32 / bfloat16 / float16 w (our kernel for decode batches)");
   m.def("vectorized", &vectorized, "true when built with AVX-512");
   m.def("set_q8_min_rows", &set_q8_min_rows, "int8 x int8 VNNI from this many rows (0 off); returns the setting, 0 without VNNI");
   pybind11::class_<fast::Decoder>(m, "Decoder")

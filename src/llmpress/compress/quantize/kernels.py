@@ -130,13 +130,18 @@ def get() -> Any:
 Q8_DEFAULT_MIN_ROWS = 0
 
 
-def q8_min_rows() -> int:
-    raw = os.environ.get("LLMPRESS_Q8", "").strip().lower()
+def _rows_setting(env: str, default: int) -> int:
+    """A row threshold from the environment: a number, on (8 rows), off (0), or unset (`default`)."""
+    raw = os.environ.get(env, "").strip().lower()
     if raw in ("0", "off", "false", "no"):
         return 0
     if raw in ("1", "on", "true", "yes"):
         return 8
-    return int(raw) if raw.isdigit() else Q8_DEFAULT_MIN_ROWS
+    return int(raw) if raw.isdigit() else default
+
+
+def q8_min_rows() -> int:
+    return _rows_setting("LLMPRESS_Q8", Q8_DEFAULT_MIN_ROWS)
 
 
 def set_q8_min_rows(rows: int) -> int:
@@ -154,12 +159,7 @@ BF16A_DEFAULT_MIN_ROWS = 8
 
 
 def bf16a_min_rows() -> int:
-    raw = os.environ.get("LLMPRESS_BF16A", "").strip().lower()
-    if raw in ("0", "off", "false", "no"):
-        return 0
-    if raw in ("1", "on", "true", "yes"):
-        return 8
-    return int(raw) if raw.isdigit() else BF16A_DEFAULT_MIN_ROWS
+    return _rows_setting("LLMPRESS_BF16A", BF16A_DEFAULT_MIN_ROWS)
 
 
 def set_bf16a_min_rows(rows: int) -> int:
