@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("llmpress.engine")
 
-ENV = "LLMPRESS_LITE"
 SPECIAL = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 # tokenizer_config.json keys that change nothing this wrapper does (metadata, padding / truncation settings
 # the engine never uses) or that it implements (the special tokens, the chat template)
@@ -156,7 +154,9 @@ class LiteTokenizer:
 def load_for_engine(artifact: Any) -> Any:
     """What the engine tokenizes with: the lite tokenizer when it is exactly transformers', else
     `artifact.load_tokenizer()`, with one log line saying why."""
-    if os.environ.get(ENV, "1").strip().lower() in ("0", "off", "false", "no"):
+    from llmpress.engine.lite import disabled
+
+    if disabled():  # LLMPRESS_LITE=0: transformers' model and tokenizer
         return artifact.load_tokenizer()
     base = Path(artifact.path)
     if artifact.manifest.format == "adapter" and not (base / "tokenizer_config.json").exists():
