@@ -43,9 +43,6 @@ class Unsupported(Exception):
 class LiteConfig(SimpleNamespace):
     """config.json as attributes (the runner reads it with getattr and defaults, as it reads transformers')."""
 
-    def to_dict(self) -> dict[str, Any]:
-        return dict(vars(self))
-
 
 def rope_parameters(cfg: LiteConfig) -> dict[str, Any]:
     """RoPE settings in transformers 5's `rope_parameters` form, from either that key or the older

@@ -132,9 +132,6 @@ class LiteTokenizer:
     def convert_ids_to_tokens(self, ids: list[int]) -> list[str | None]:
         return [self._tok.id_to_token(i) for i in ids]
 
-    def __len__(self) -> int:
-        return self._tok.get_vocab_size(with_added_tokens=True)
-
     def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = False,
                             tokenize: bool = True, **kwargs: Any) -> Any:
         """transformers' apply_chat_template for one conversation of plain messages (None values dropped, as

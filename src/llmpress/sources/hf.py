@@ -73,7 +73,8 @@ def _tokenizer_class(path: Path) -> Any:
     """The class AutoTokenizer would build for `path`: transformers' generic `TokenizersBackend` itself when
     tokenizer_config.json names it (every tokenizer transformers 5 saves from a tokenizer.json) and brings no
     code of its own; AutoTokenizer otherwise. Why: AutoTokenizer's model registry imports configuration and
-    modeling helpers (accelerate, hub kernels) that add ~60 MB to a serving process that needs none of them."""
+    modeling helpers (accelerate, hub kernels), ~60 MB of RSS and their import time, in every process that only
+    needs a tokenizer (eval workers; `serve` itself uses engine/tokenizer.py)."""
     try:
         tc = json.loads((path / "tokenizer_config.json").read_text())
     except (OSError, json.JSONDecodeError):
